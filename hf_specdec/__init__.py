@@ -1,0 +1,42 @@
+"""hf_specdec: speculative decoding for Hugging Face Transformers, through `generate(assistant_model=strategy)`.
+
+Importing the package installs the generate hook (see `hf_specdec.hook`); plain `generate` calls are unchanged.
+"""
+
+from . import hook
+from .config import StrategyConfig
+from .stats import GenerationStats, StepEvent
+from .strategies import (
+    STRATEGIES,
+    Draft,
+    DraftModelConfig,
+    DraftModelStrategy,
+    NASDConfig,
+    NASDStrategy,
+    NGramConfig,
+    NGramStrategy,
+    SpeculativeStrategy,
+)
+from .verify import greedy_verify, speculative_sampling_verify, typical_acceptance_verify
+
+hook.install()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STRATEGIES",
+    "Draft",
+    "DraftModelConfig",
+    "DraftModelStrategy",
+    "GenerationStats",
+    "NASDConfig",
+    "NASDStrategy",
+    "NGramConfig",
+    "NGramStrategy",
+    "SpeculativeStrategy",
+    "StepEvent",
+    "StrategyConfig",
+    "greedy_verify",
+    "speculative_sampling_verify",
+    "typical_acceptance_verify",
+]

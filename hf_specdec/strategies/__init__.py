@@ -1,0 +1,25 @@
+"""One drafter per module; `STRATEGIES` maps each config's `strategy_type` to its class."""
+
+from .base import Draft, SpeculativeStrategy
+from .draft_model import DraftModelConfig, DraftModelStrategy
+from .nasd import NASDConfig, NASDStrategy, NGramStore
+from .ngram import NGramConfig, NGramStrategy
+
+STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
+    "draft_model": DraftModelStrategy,
+    "nasd": NASDStrategy,
+    "ngram": NGramStrategy,
+}
+
+__all__ = [
+    "STRATEGIES",
+    "Draft",
+    "DraftModelConfig",
+    "DraftModelStrategy",
+    "NASDConfig",
+    "NASDStrategy",
+    "NGramConfig",
+    "NGramStore",
+    "NGramStrategy",
+    "SpeculativeStrategy",
+]

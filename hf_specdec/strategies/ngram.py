@@ -1,0 +1,97 @@
+"""Prompt lookup: draft the continuation of the most recent earlier occurrence of the last n tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import StrategyConfig, register_config
+from ..schedules import DraftGate
+from .base import Draft, SpeculativeStrategy
+
+
+@dataclass
+class NGramDrafterMixin:
+    """Settings shared by the n-gram drafters."""
+
+    skip_unprofitable_drafts: bool = field(
+        default=True,
+        metadata={"help": "Draft only when the expected accepted count (per match length, learned online) beats the "
+                          "measured extra cost of a multi-token verify; keeps prose from running slower than plain."},
+    )
+
+
+def _check_ngram_schedule(config: StrategyConfig) -> None:
+    if config.schedule == "entropy":
+        raise ValueError("schedule='entropy' needs a drafter with a distribution (DraftModelStrategy); n-gram "
+                         "drafters have none. Use 'constant' or 'heuristic' (the cost gate still skips bad drafts).")
+
+
+@register_config
+@dataclass
+class NGramConfig(StrategyConfig, NGramDrafterMixin):
+    strategy_type = "ngram"
+
+    num_speculative_tokens: int = 10
+    max_ngram_size: int = field(default=3, metadata={"help": "Longest suffix to look up; shorter ones are tried next."})
+    min_ngram_size: int = field(default=1, metadata={"help": "Shortest suffix that may produce a draft."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ngram_schedule(self)
+        if not 1 <= self.min_ngram_size <= self.max_ngram_size:
+            raise ValueError(f"Need 1 <= min_ngram_size <= max_ngram_size, got {self.min_ngram_size}, "
+                             f"{self.max_ngram_size}.")
+
+
+def find_continuation(tokens: torch.LongTensor, ngram_size: int, max_tokens: int) -> torch.LongTensor | None:
+    """The tokens that followed the most recent earlier occurrence of the last `ngram_size` tokens.
+
+    tokens: `[n]`; returns `[<= max_tokens]` or None when the suffix does not occur earlier.
+    """
+    if tokens.numel() <= ngram_size:
+        return None
+    suffix = tokens[-ngram_size:]
+    windows = tokens[:-1].unfold(0, ngram_size, 1)  # [n - ngram_size, ngram_size]; excludes the suffix itself
+    starts = (windows == suffix).all(dim=1).nonzero().flatten()
+    if starts.numel() == 0:
+        return None
+    begin = int(starts[-1]) + ngram_size
+    return tokens[begin : begin + max_tokens]
+
+
+class NGramStrategy(SpeculativeStrategy):
+    """Prompt lookup decoding (Saxena 2023): no draft model, drafts copied from the prompt and output so far.
+
+    Deterministic drafts are verified as a point mass, so sampling stays lossless.
+    """
+
+    config_class = NGramConfig
+
+    def __init__(self, config: NGramConfig | None = None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        self.gate = DraftGate()
+
+    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        tokens = input_ids[0]
+        for size in range(self.config.max_ngram_size, self.config.min_ngram_size - 1, -1):
+            continuation = find_continuation(tokens, size, max_tokens)
+            if continuation is not None and continuation.numel() > 0:
+                if self.config.skip_unprofitable_drafts and not self.gate.should_draft(size):
+                    return Draft(tokens.new_empty(0), bucket=size)
+                return Draft(continuation, bucket=size)
+        return Draft(tokens.new_empty(0))
+
+    def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
+        super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        observe_gate(self.gate, draft, num_accepted, forward_seconds)
+
+
+def observe_gate(gate: DraftGate, draft: Draft, num_accepted: int, forward_seconds: float | None) -> None:
+    """Feeds one verify step's outcome and cost to the gate (the prefill, with no time given, is skipped)."""
+    if forward_seconds is None:
+        return
+    gate.record_forward_time(draft.tokens.numel() + 1, forward_seconds)
+    if draft.tokens.numel() and draft.bucket is not None:
+        gate.record_outcome(draft.bucket, num_accepted)

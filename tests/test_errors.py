@@ -1,0 +1,64 @@
+"""Bad input gets a clear error that names the fix, never a wrong answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_llama, repetitive_prompt
+from transformers import StaticCache
+
+import hf_specdec
+
+
+def test_vocab_mismatch(tiny_llama):
+    other = make_llama(vocab_size=50)
+    with pytest.raises(ValueError, match="shares the target.s tokenizer"):
+        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=5,
+                            assistant_model=hf_specdec.DraftModelStrategy(other))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(use_cache=False), "use_cache=False"),
+        (dict(num_return_sequences=2, do_sample=True), "num_return_sequences"),
+        (dict(num_beams=2), "num_beams"),
+        (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
+        (dict(cache_implementation="static"), "DynamicCache"),
+        (dict(do_sample=True, return_dict_in_generate=True, output_attentions=True), "output_attentions"),
+    ],
+)
+def test_unsupported_generate_settings(tiny_llama, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=5, assistant_model=hf_specdec.NGramStrategy(),
+                            **kwargs)
+
+
+def test_batch_size_above_one(tiny_llama):
+    prompts = torch.cat([repetitive_prompt(0), repetitive_prompt(1)])
+    with pytest.raises(ValueError, match="batch size 1"):
+        tiny_llama.generate(prompts, max_new_tokens=5, assistant_model=hf_specdec.NGramStrategy())
+
+
+def test_static_cache_object(tiny_llama):
+    cache = StaticCache(config=tiny_llama.config, max_cache_len=64)
+    with pytest.raises(ValueError, match="cannot be rolled back"):
+        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=5, past_key_values=cache,
+                            assistant_model=hf_specdec.NGramStrategy())
+
+
+def test_greedy_verification_with_sampling_is_refused(tiny_llama):
+    with pytest.raises(ValueError, match="do_sample=False"):
+        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=5, do_sample=True,
+                            assistant_model=hf_specdec.NGramStrategy(verification="greedy"))
+
+
+def test_stop_strings_without_tokenizer(tiny_llama):
+    with pytest.raises(ValueError, match="tokenizer"):
+        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=5, stop_strings=["x"],
+                            assistant_model=hf_specdec.NGramStrategy())
+
+
+def test_draft_model_must_be_a_model():
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        hf_specdec.DraftModelStrategy("gpt2")
