@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from hf_specdec.compat import CACHE_KWARG
 from hf_specdec.cpu_speedups import ONEDNN_MIN_ROWS, onednn_available, optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -73,7 +74,7 @@ def prefill(model: nn.Module, ids: torch.Tensor) -> tuple[DynamicCache, float]:
     """A cache holding `ids` and the seconds the prefill took."""
     cache = DynamicCache(config=model.config)
     start = time.perf_counter()
-    model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
     return cache, time.perf_counter() - start
 
 
@@ -82,7 +83,7 @@ def step(model: nn.Module, cache: DynamicCache, new_ids: torch.Tensor) -> tuple[
     """One forward of `new_ids` `[1, K]` on top of `cache`; the cache is cropped back afterwards."""
     k = new_ids.shape[1]
     start = time.perf_counter()
-    logits = model(new_ids, past_key_values=cache, use_cache=True, logits_to_keep=k).logits  # [1, K, V]
+    logits = model(new_ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=k).logits  # [1, K, V]
     elapsed = time.perf_counter() - start
     cache.crop(-k)
     return logits, elapsed

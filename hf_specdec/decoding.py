@@ -21,6 +21,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingW
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .compat import CACHE_KWARG
 from .config import StrategyConfig
 from .stats import GenerationStats, StepEvent
 from .strategies.base import Draft, SpeculativeStrategy
@@ -45,7 +46,7 @@ def speculative_decode(
 ) -> torch.LongTensor | GenerateDecoderOnlyOutput:
     """Decoding loop with the signature of Transformers' `custom_generate` callables (batch size 1)."""
     check_request(model, input_ids, generation_config, model_kwargs)
-    cache = model_kwargs["past_key_values"]
+    cache = model_kwargs[CACHE_KWARG]
     check_cache(cache)
     verifier = make_verifier(strategy.config, generation_config)
     stats = GenerationStats(lossless=strategy.lossless)
@@ -160,7 +161,7 @@ def target_forward(model: PreTrainedModel, tokens: torch.LongTensor, cache: Dyna
     forward_kwargs.setdefault("position_ids", torch.arange(past_length, past_length + length, device=tokens.device)[None])
     if _accepts_logits_to_keep(model):
         forward_kwargs["logits_to_keep"] = length
-    outputs = model(input_ids=tokens, past_key_values=cache, use_cache=True,
+    outputs = model(input_ids=tokens, **{CACHE_KWARG: cache}, use_cache=True,
                     output_hidden_states=output_hidden_states, **forward_kwargs)
     hidden = outputs.hidden_states[-1][0, -length:] if output_hidden_states else None
     return outputs.logits[0, -length:].float(), hidden
@@ -243,7 +244,7 @@ def check_request(model: PreTrainedModel, input_ids: torch.LongTensor, generatio
 def check_cache(cache) -> None:
     """Only caches that `crop` can roll back are accepted; sliding-window layers are told to keep their past."""
     fix = ("Use the default DynamicCache: remove cache_implementation=..., or pass "
-           "past_key_values=DynamicCache(config=model.config).")
+           f"{CACHE_KWARG}=DynamicCache(config=model.config).")
     if not isinstance(cache, DynamicCache):
         raise ValueError(f"hf_specdec rolls back rejected tokens with DynamicCache.crop; {type(cache).__name__} "
                          f"cannot be rolled back. {fix}")
@@ -285,5 +286,5 @@ class _OutputRecord:
             sequences=input_ids,
             scores=None if self.scores is None else tuple(self.scores),
             logits=None if self.logits is None else tuple(self.logits),
-            past_key_values=cache,
+            **{CACHE_KWARG: cache},
         )

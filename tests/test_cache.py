@@ -9,6 +9,7 @@ from conftest import repetitive_prompt
 from transformers import DynamicCache
 
 import hf_specdec
+from hf_specdec.compat import CACHE_KWARG, output_cache
 
 
 @pytest.mark.parametrize("strategy_name", ["ngram", "draft_self", "draft_other"])
@@ -21,11 +22,11 @@ def test_cache_holds_exactly_the_accepted_tokens(tiny_llama, tiny_draft, strateg
     prompt = repetitive_prompt(7)
     out = tiny_llama.generate(prompt, max_new_tokens=23, do_sample=False, eos_token_id=None,
                               assistant_model=strategy, return_dict_in_generate=True)
-    cache, sequence = out.past_key_values, out.sequences
+    cache, sequence = output_cache(out), out.sequences
     assert cache.get_seq_length() == sequence.shape[1] - 1
 
     with torch.no_grad():
-        continued = tiny_llama(sequence[:, -1:], past_key_values=cache, use_cache=True).logits[0, -1]
+        continued = tiny_llama(sequence[:, -1:], **{CACHE_KWARG: cache}, use_cache=True).logits[0, -1]
         fresh = tiny_llama(sequence).logits[0, -1]
     torch.testing.assert_close(continued, fresh, atol=1e-4, rtol=1e-4)
 
@@ -38,10 +39,10 @@ def test_user_cache_continues_a_conversation(tiny_llama):
     follow_up = torch.cat([first.sequences, repetitive_prompt(9)[:, :5]], dim=-1)
     expected = tiny_llama.generate(follow_up, max_new_tokens=10, do_sample=False, eos_token_id=None)
     cache = DynamicCache(config=tiny_llama.config)
-    tiny_llama.generate(prompt, max_new_tokens=10, do_sample=False, eos_token_id=None, past_key_values=cache,
+    tiny_llama.generate(prompt, max_new_tokens=10, do_sample=False, eos_token_id=None, **{CACHE_KWARG: cache},
                         assistant_model=hf_specdec.NGramStrategy(skip_unprofitable_drafts=False))
     actual = tiny_llama.generate(follow_up, max_new_tokens=10, do_sample=False, eos_token_id=None,
-                                 past_key_values=cache,
+                                 **{CACHE_KWARG: cache},
                                  assistant_model=hf_specdec.NGramStrategy(skip_unprofitable_drafts=False))
     assert torch.equal(actual, expected)
 

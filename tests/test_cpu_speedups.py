@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from hf_specdec.compat import CACHE_KWARG
 from hf_specdec.cpu_speedups import CpuLinear, is_cpu_optimized, optimize_for_cpu, restore_cpu_defaults
 
 
@@ -22,8 +23,8 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 def cached_logits(model, prompt, new_tokens):
     """Logits of `new_tokens` [1, K] after `prompt` [1, T] is in a DynamicCache: [1, K, V]."""
     cache = DynamicCache(config=model.config)
-    model(prompt, past_key_values=cache, use_cache=True)
-    return model(new_tokens, past_key_values=cache, use_cache=True, logits_to_keep=new_tokens.shape[1]).logits
+    model(prompt, **{CACHE_KWARG: cache}, use_cache=True)
+    return model(new_tokens, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=new_tokens.shape[1]).logits
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 11])

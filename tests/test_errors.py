@@ -8,6 +8,7 @@ from conftest import make_llama, repetitive_prompt
 from transformers import StaticCache
 
 import hf_specdec
+from hf_specdec.compat import CACHE_KWARG
 
 
 def test_vocab_mismatch(tiny_llama):
@@ -43,7 +44,7 @@ def test_batch_size_above_one(tiny_llama):
 def test_static_cache_object(tiny_llama):
     cache = StaticCache(config=tiny_llama.config, max_cache_len=64)
     with pytest.raises(ValueError, match="cannot be rolled back"):
-        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=5, past_key_values=cache,
+        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=5, **{CACHE_KWARG: cache},
                             assistant_model=hf_specdec.NGramStrategy())
 
 

@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
+from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
 from .base import Draft, SpeculativeStrategy
 
@@ -96,7 +97,7 @@ class DraftModelStrategy(SpeculativeStrategy):
     def _forward(self, tokens: torch.LongTensor) -> torch.Tensor:
         past = len(self._cached_tokens)
         position_ids = torch.arange(past, past + tokens.shape[1], device=tokens.device)[None]
-        outputs = self.draft_model(input_ids=tokens, past_key_values=self._cache, position_ids=position_ids,
+        outputs = self.draft_model(input_ids=tokens, **{CACHE_KWARG: self._cache}, position_ids=position_ids,
                                    use_cache=True, logits_to_keep=1)
         self._cached_tokens.extend(tokens[0].tolist())
         return outputs.logits[:, -1].float()
