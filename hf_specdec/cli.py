@@ -88,10 +88,15 @@ def _load(args: argparse.Namespace):
                        cpu_fast_path=not args.no_cpu_fast_path, chat_template=not args.no_chat_template)
 
 
+def _console(args: argparse.Namespace, file) -> Console:
+    """Colours only on a terminal (rich's own check) and never with --no-color (no escape codes at all)."""
+    return Console(file=file, color_system=None if args.no_color else "auto", highlight=False)
+
+
 def run_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     from .repl import Repl
 
-    console = Console(file=stdout, no_color=args.no_color or None, highlight=False)
+    console = _console(args, stdout)
     with console.status("loading models...") if console.is_terminal else _nothing():
         bundle = _load(args)
     repl = Repl(bundle, console, _settings(args, args.drafter, bundle.draft is not None), input_stream=stdin)
@@ -103,7 +108,7 @@ def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:
 
     prompt = (stdin or sys.stdin).read() if args.prompt == "-" else args.prompt
     out = stdout or sys.stdout
-    console = Console(file=io.StringIO() if args.json else out, no_color=args.no_color or None, highlight=False)
+    console = _console(args, io.StringIO() if args.json else out)
     bundle = _load(args)
     strategy = args.strategy or ("draft_model" if bundle.draft is not None else "ngram")
     settings = _settings(args, None if strategy in ("target", "drafter", "egag") else strategy, bundle.draft is not None)

@@ -236,9 +236,10 @@ def _help(repl: Repl, s: ChatSettings, args: list[str]) -> None:
     repl.console.print(table)
 
 
-def _quit(repl: Repl, s: ChatSettings, args: list[str]) -> None:
+def _quit(repl: Repl, s: ChatSettings, args: list[str]) -> str:
     _no_args("quit", args)
     repl.running = False
+    return "Bye."
 
 
 def _commands() -> dict[str, Command]:
@@ -296,6 +297,12 @@ class Repl:
         self.last_prompt: str | None = None
         self.errors: list[str] = []  # generation failures of the latest prompt
 
+    @property
+    def colors(self) -> bool:
+        """True when the console shows styles (a terminal, colours not turned off)."""
+        console = self.console
+        return console.is_terminal and console.color_system is not None and not console.no_color
+
     # ---- one line -------------------------------------------------------------------------------------------------
     def handle_line(self, line: str) -> bool:
         """Runs one input line; returns False when the session should end."""
@@ -345,8 +352,7 @@ class Repl:
 
     def _generate_one(self, prompt: str, input_ids, mode: str) -> RunSummary:
         strategy = self.strategies.get(self.settings, self.bundle) if mode == "speculative" else None
-        colors = self.console.is_terminal and not self.console.no_color
-        view = LiveView(self.console, self.bundle.tokenizer, show_rejected=colors, debug=self.settings.debug)
+        view = LiveView(self.console, self.bundle.tokenizer, show_rejected=self.colors, debug=self.settings.debug)
         run, _ = run_generation(self.bundle, self.settings, input_ids, mode, view, strategy)
         if mode == "target":
             self.baselines[prompt] = run.tokens_per_second
@@ -391,7 +397,7 @@ class Repl:
         draft = self.bundle.draft_name or "none"
         self.console.print(Text(f"hf_specdec chat · target {self.bundle.target_name} · draft {draft} · "
                                 f"{self.settings.drafter_label()} · {self.settings.processor_label()}", style="bold"))
-        if self.console.is_terminal and not self.console.no_color:
+        if self.colors:
             self.console.print(legend())
         self.console.print(Text("Type a prompt, /help for commands, /quit to leave.", style="dim"))
 
