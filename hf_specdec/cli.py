@@ -1,4 +1,4 @@
-"""`hf-specdec`: chat with speculative decoding, generate once, or run the evaluation suite.
+"""hf-specdec: chat with speculative decoding, generate once, or run the evaluation suite.
 
     hf-specdec chat [--model DIR] [--draft DIR] [--device cpu|cuda]     # the REPL (see /help inside)
     hf-specdec generate "prompt" [--strategy ngram|nasd|draft_model|egag|medusa|target|drafter] [--json]

@@ -378,8 +378,8 @@ class Repl:
     def read_line(self) -> str | None:
         """The next input line, or None at end of input (Ctrl-D)."""
         try:
-            if self.interactive:
-                return self.console.input(Text(PROMPT, style="bold"))
+            if self.interactive:  # input() itself prints the prompt, so readline can redraw it when editing
+                return input(f"\001\x1b[1m\002{PROMPT}\001\x1b[0m\002" if self.colors else PROMPT)
             line = self.input_stream.readline()
         except EOFError:
             self.console.print()

@@ -93,7 +93,8 @@ def build_strategy(settings: ChatSettings, bundle: ModelBundle) -> SpeculativeSt
     reason = medusa_available(bundle)
     if reason:
         raise ValueError(reason)
-    heads = hf_specdec.MedusaHeads.from_pretrained(bundle.medusa_dir)
+    heads = hf_specdec.MedusaHeads.from_pretrained(bundle.medusa_dir).to(device=bundle.target.device,
+                                                                       dtype=bundle.target.dtype)
     return hf_specdec.MedusaStrategy(heads, **common)
 
 

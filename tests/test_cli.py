@@ -159,7 +159,7 @@ def test_session_generates_and_quits(bundle):
                                       ["/processor topknucleus 0.8 20 0.9"], ["/drafter", "/cache", "/target"],
                                       ["/debug"]])
 def test_every_drafter_and_mode_generates(bundle, commands):
-    repl, out = make_repl(bundle)
+    repl, _ = make_repl(bundle)
     for line in commands:
         assert repl.run_command(line)
     for _ in range(2):  # twice: strategies are reused between turns
@@ -312,3 +312,28 @@ def test_pty_session_streams_coloured_tokens():
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_medusa_when_available(bundle, monkeypatch, tmp_path):
+    import hf_specdec
+    from hf_specdec.strategies import NGramStrategy
+
+    class FakeHeads(torch.nn.Module):
+        @classmethod
+        def from_pretrained(cls, path):
+            assert Path(path) == tmp_path
+            return cls()
+
+    class FakeMedusa(NGramStrategy):  # stands in for hf_specdec.MedusaStrategy(heads, **overrides)
+        def __init__(self, heads, **overrides):
+            assert isinstance(heads, FakeHeads)
+            super().__init__(**overrides)
+
+    monkeypatch.setattr(hf_specdec, "MedusaStrategy", FakeMedusa, raising=False)
+    monkeypatch.setattr(hf_specdec, "MedusaHeads", FakeHeads, raising=False)
+    repl, out = make_repl(dataclasses.replace(bundle, medusa_dir=None))
+    assert not repl.run_command("/medusa") and "no heads folder" in out.getvalue()
+    repl, out = make_repl(dataclasses.replace(bundle, medusa_dir=tmp_path))
+    assert repl.run_command("/medusa") and repl.settings.drafter == "medusa"
+    repl.handle_line("abc abc abc")
+    assert not repl.errors and isinstance(repl.strategies.get(repl.settings, repl.bundle), FakeMedusa)
