@@ -16,9 +16,16 @@ import sys
 
 from rich.console import Console
 
-from .session import DRAFTERS, PROCESSORS, ChatSettings
+from .session import DRAFTERS, PROCESSORS, ChatSettings, check_drafter
 
 STRATEGY_CHOICES = ("ngram", "nasd", "draft_model", "egag", "medusa", "target", "drafter")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +39,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available).")
     group.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="auto: float32 on CPU, bfloat16 on GPU.")
-    group.add_argument("--threads", type=int, help="torch CPU threads.")
+    group.add_argument("--threads", type=_positive_int, help="torch CPU threads.")
     group.add_argument("--no-cpu-fast-path", action="store_true", help="Skip hf_specdec.cpu_speedups on CPU.")
     group.add_argument("--no-chat-template", action="store_true", help="Send the text as is, without the chat template.")
     group.add_argument("--no-color", action="store_true", help="No colours (also off when stdout is not a terminal).")
@@ -40,8 +47,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--length", "--max-new-tokens", dest="length", type=int, default=128, help="Max new tokens.")
-    group.add_argument("--gamma", type=int, help="Draft length K (default: the strategy's own).")
+    group.add_argument("--length", "--max-new-tokens", dest="length", type=_positive_int, default=128, help="Max new tokens.")
+    group.add_argument("--gamma", type=_positive_int, help="Draft length K (default: the strategy's own).")
     group.add_argument("--processor", choices=PROCESSORS, default="greedy", help="Sampling processor.")
     group.add_argument("--temperature", type=float, default=1.0)
     group.add_argument("--top-k", type=int, default=50)
@@ -99,7 +106,9 @@ def run_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     console = _console(args, stdout)
     with console.status("loading models...") if console.is_terminal else _nothing():
         bundle = _load(args)
-    repl = Repl(bundle, console, _settings(args, args.drafter, bundle.draft is not None), input_stream=stdin)
+    settings = _settings(args, args.drafter, bundle.draft is not None)
+    check_drafter(settings, bundle)
+    repl = Repl(bundle, console, settings, input_stream=stdin)
     return repl.run()
 
 
@@ -111,11 +120,13 @@ def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     console = _console(args, io.StringIO() if args.json else out)
     bundle = _load(args)
     strategy = args.strategy or ("draft_model" if bundle.draft is not None else "ngram")
-    settings = _settings(args, None if strategy in ("target", "drafter", "egag") else strategy, bundle.draft is not None)
+    drafter = {"egag": "draft_model", "target": None, "drafter": None}.get(strategy, strategy)
+    settings = _settings(args, drafter, bundle.draft is not None)
     settings.egag = strategy == "egag"
     settings.run_speculative = strategy not in ("target", "drafter")
     settings.run_target = strategy == "target" or args.compare
     settings.run_drafter = strategy == "drafter"
+    check_drafter(settings, bundle)
     repl = Repl(bundle, console, settings, input_stream=io.StringIO(), echo=False)
     repl.generate(prompt)
     if args.json:

@@ -75,6 +75,15 @@ def medusa_available(bundle: ModelBundle) -> str | None:
     return None
 
 
+def check_drafter(settings: ChatSettings, bundle: ModelBundle) -> None:
+    """Raises ValueError (saying what to pass) when the chosen drafter or mode cannot run with these models."""
+    needs_draft = settings.run_drafter or (settings.run_speculative and settings.drafter == "draft_model")
+    if needs_draft and bundle.draft is None:
+        raise ValueError("the draft model is needed (draft_model / egag / drafter): pass --draft DIR.")
+    if settings.run_speculative and settings.drafter == "medusa" and (reason := medusa_available(bundle)):
+        raise ValueError(reason)
+
+
 def build_strategy(settings: ChatSettings, bundle: ModelBundle) -> SpeculativeStrategy:
     """A fresh strategy for the current settings. Raises ValueError when the drafter cannot be used."""
     common: dict[str, Any] = {} if settings.gamma is None else {"num_speculative_tokens": settings.gamma}

@@ -27,12 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle(TINY_RANDOM, TINY_RANDOM, None, device="cpu")
+    # medusa_dir=None even where trained heads exist in artifacts/: they do not fit the tiny model
+    return dataclasses.replace(load_bundle(TINY_RANDOM, TINY_RANDOM, None, device="cpu"), medusa_dir=None)
 
 
 @pytest.fixture(scope="module")
 def bundle_no_draft():
-    return load_bundle(TINY_RANDOM, None, None, device="cpu")
+    return dataclasses.replace(load_bundle(TINY_RANDOM, None, None, device="cpu"), medusa_dir=None)
 
 
 def make_repl(bundle, lines: str = "", terminal: bool = False, **settings) -> tuple[Repl, io.StringIO]:
@@ -337,3 +338,17 @@ def test_medusa_when_available(bundle, monkeypatch, tmp_path):
     assert repl.run_command("/medusa") and repl.settings.drafter == "medusa"
     repl.handle_line("abc abc abc")
     assert not repl.errors and isinstance(repl.strategies.get(repl.settings, repl.bundle), FakeMedusa)
+
+
+@pytest.mark.parametrize("argv", [["generate", "x", "--strategy", "egag"], ["generate", "x", "--strategy", "drafter"],
+                                  ["chat", "--drafter", "draft_model"]])
+def test_cli_refuses_drafters_it_cannot_run(argv, capsys):
+    assert main([*argv, "--model", TINY_RANDOM]) == 2
+    err = capsys.readouterr().err
+    assert "--draft DIR" in err
+
+
+def test_cli_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "x", "--model", TINY_RANDOM, "--gamma", "0"])
+    assert exit_info.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
