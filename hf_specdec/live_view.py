@@ -160,7 +160,8 @@ class LiveView(BaseStreamer):
     def _trace(self, event: StepEvent, accepted: str, rejected: str, own: str, kind: str) -> None:
         """One debug line per step: counts, then each part quoted so it reads without colours too."""
         self._end_line()
-        line = Text(f"  step {self.steps:>3}: drafted {len(event.drafted):>2}, accepted {event.num_accepted:>2}  ",
+        line = Text()
+        line.append(f"  step {self.steps:>3}: drafted {len(event.drafted):>2}, accepted {event.num_accepted:>2}  ",
                     style=STYLES["trace"])
         if event.drafted:
             line.append("ok ")
@@ -183,8 +184,10 @@ class LiveView(BaseStreamer):
         piece = Text(self.text.append(tokens), style=STYLES["plain"])
         if self.debug and self.speculative:
             self._end_line()
-            self.console.print(Text("  prefill:  target ", style=STYLES["trace"]) + Text(repr(piece.plain)),
-                               highlight=False, soft_wrap=True)
+            line = Text()
+            line.append("  prefill:  target ", style=STYLES["trace"])
+            line.append(repr(piece.plain))
+            self.console.print(line, highlight=False, soft_wrap=True)
         else:
             self._write(piece)
 

@@ -352,3 +352,21 @@ def test_cli_rejects_bad_numbers(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "x", "--model", TINY_RANDOM, "--gamma", "0"])
     assert exit_info.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_debug_trace_names_each_part():
+    tokenizer = char_tokenizer()
+    out = io.StringIO()
+    view = LiveView(Console(file=out, force_terminal=True, color_system="standard", width=200), tokenizer, debug=True)
+    view.speculative = True
+    view.put(torch.tensor([[5]]))
+    view.put(torch.tensor([_ids(tokenizer, "A")]))
+    emitted = _ids(tokenizer, "BCD")
+    view.put(torch.tensor([emitted]))
+    view.on_step(StepEvent(tuple(_ids(tokenizer, "BCxy")), 2, tuple(emitted)))
+    view.end()
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("'A'") and "prefill" in lines[0]
+    assert "drafted  4, accepted  2" in lines[1] and "\x1b[32m'BC'\x1b[0m" in lines[1]
+    assert "\x1b[2;9;31m'xy'\x1b[0m" in lines[1] and "\x1b[1;33m'D'\x1b[0m" in lines[1]
+    assert "ok \x1b" in lines[1]  # the labels themselves are not dimmed
