@@ -78,8 +78,15 @@ def _toggle_mode(mode: str) -> Callable[[Repl, ChatSettings, list[str]], str]:
                                "--draft DIR. (n-gram drafters cannot generate text on their own.)")
         attr = f"run_{mode}"
         setattr(s, attr, not getattr(s, attr))
+        target_auto = repl.target_auto and mode != "target"
+        if mode == "speculative":  # toggles speculative vs target-only
+            if not s.run_speculative and not s.modes():
+                s.run_target, target_auto = True, True
+            elif s.run_speculative and target_auto:
+                s.run_target, target_auto = False, False
         if not s.modes():
             raise CommandError(f"/{mode}: at least one of /speculative, /target, /drafter must stay on.")
+        repl.target_auto = target_auto
         return f"{mode} generation {_on_off(getattr(s, attr))}; each prompt runs: {', '.join(s.modes())}."
     return apply
 
@@ -246,7 +253,8 @@ def _commands() -> dict[str, Command]:
     specs = [
         ("help", "/help [command]", "List the commands, or explain one.", _help),
         ("show", "/show", "Print every setting.", _show),
-        ("speculative", "/speculative", "Toggle speculative generation (on at start).", _toggle_mode("speculative")),
+        ("speculative", "/speculative", "Toggle speculative vs target-only generation (speculative at start).",
+         _toggle_mode("speculative")),
         ("target", "/target", "Toggle generating with the target alone too (the baseline for the speedup).",
          _toggle_mode("target")),
         ("drafter", "/drafter", "Toggle generating with the draft model alone too (needs --draft).",
@@ -296,6 +304,7 @@ class Repl:
         self.last_runs: list[RunSummary] = []
         self.last_prompt: str | None = None
         self.errors: list[str] = []  # generation failures of the latest prompt
+        self.target_auto = False  # /speculative turned the target-only run on (and will turn it off again)
 
     @property
     def colors(self) -> bool:

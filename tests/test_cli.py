@@ -52,6 +52,7 @@ GOOD = [  # (setup lines, command, expected settings changes)
     ([], "/show", {}),
     ([], "/stats", {}),
     (["/target"], "/speculative", {"run_target": True, "run_speculative": False}),
+    ([], "/speculative", {"run_target": True, "run_speculative": False}),
     ([], "/target", {"run_target": True}),
     ([], "/drafter", {"run_drafter": True}),
     ([], "/ngram", {"drafter": "ngram"}),
@@ -107,7 +108,7 @@ BAD = ["/foo", "/", "/length", "/length abc", "/length 0", "/gamma -1", "/gamma 
        "/egag_ema x", "/egag_gamma_min 20", "/egag_gamma_max 0", "/processor", "/processor beam",
        "/processor topk 0.5 0", "/processor nucleus 1 1.5", "/processor greedy 0.5", "/processor multinomial -1",
        "/processor topk 1 2 3", "/set_ngramstorage", "/set_ngramstorage trie 3", "/set_ngramstorage basic 1",
-       "/set_ngramstorage basic 3 4", "/top_k_filler 0", "/debug now", "/speculative", "/help nosuch", "/quit now",
+       "/set_ngramstorage basic 3 4", "/top_k_filler 0", "/debug now", "/speculative on", "/help nosuch", "/quit now",
        "/medusa"]
 
 
@@ -128,6 +129,15 @@ def test_draft_commands_need_a_draft_model(bundle_no_draft, line):
     assert not repl.run_command(line)
     assert repl.settings == before
     assert "--draft DIR" in out.getvalue()
+
+
+def test_speculative_toggles_with_target_only(bundle):
+    repl, out = make_repl(bundle)
+    assert repl.run_command("/speculative") and repl.settings.modes() == ["target"]
+    assert not repl.run_command("/target") and "must stay on" in out.getvalue()  # the only mode left
+    assert repl.run_command("/speculative") and repl.settings.modes() == ["speculative"]
+    assert repl.run_command("/target") and repl.run_command("/speculative") and repl.run_command("/speculative")
+    assert repl.settings.modes() == ["target", "speculative"]  # a target run the user asked for stays
 
 
 def test_medusa_unavailable_says_how_to_get_heads(bundle):
