@@ -1,0 +1,147 @@
+"""Models for the command line: the packaged default target, any local model folder, or a tiny random model.
+
+`tiny-random` (a hidden value of `--model` / `--draft`, also chosen by `HF_SPECDEC_TINY_RANDOM=1`) builds a 2-layer
+random Llama with a byte-level tokenizer in memory, so the CLI can be tested without any real weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+TINY_RANDOM = "tiny-random"
+TINY_RANDOM_ENV = "HF_SPECDEC_TINY_RANDOM"
+DEFAULT_MEDUSA_DIR = Path("artifacts") / "medusa-smollm2-135m"
+MEDUSA_HINT = ("Medusa heads are not available{why}. Train them with the Medusa recipe "
+               "(they are saved to artifacts/medusa-smollm2-135m), then start the CLI with --medusa DIR.")
+
+
+@dataclass
+class ModelBundle:
+    """Everything a chat session generates with."""
+
+    target: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    draft: PreTrainedModel | None = None
+    medusa_dir: Path | None = None
+    chat_template: bool = True  # wrap user text in the tokenizer's chat template when it has one
+    target_name: str = "SmolLM2-135M-Instruct"
+    draft_name: str | None = None
+
+    def encode(self, text: str) -> torch.LongTensor:
+        """The prompt ids `[1, n]` for one user message, on the target's device."""
+        tokenizer = self.tokenizer
+        if self.chat_template and getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        else:
+            ids = tokenizer(text, return_tensors="pt").input_ids
+        if ids.shape[1] == 0:
+            ids = torch.tensor([[tokenizer.bos_token_id or tokenizer.eos_token_id or 0]])
+        return ids.to(self.target.device)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu.")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` -> float32 on CPU (bf16 is slower there), bfloat16 on GPU."""
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character (and newline); 0 is <unk>, 1 is <eos>. 98 ids."""
+    from tokenizers import Tokenizer, decoders, models
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {"<unk>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>")
+
+
+def tiny_random_llama(layers: int = 2, seed: int = 0, vocab_size: int = 98) -> LlamaForCausalLM:
+    """A random 2-layer Llama over `char_tokenizer`'s ids (EOS = 1), built in memory in well under a second."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1,
+                         eos_token_id=1, pad_token_id=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    torch.random.set_rng_state(generator_state)
+    model.generation_config.eos_token_id = 1
+    model.generation_config.pad_token_id = 1
+    return model
+
+
+def load_causal_lm(name: str, device: torch.device, dtype: torch.dtype, *, draft: bool = False) -> PreTrainedModel:
+    if name == TINY_RANDOM:
+        model = tiny_random_llama(layers=1 if draft else 2, seed=1 if draft else 0)
+    else:
+        path = Path(name)
+        if not path.is_dir():
+            raise ValueError(f"{name!r} is not a model folder. Pass a local directory saved with save_pretrained "
+                             "(nothing is downloaded from the Hub).")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_bundle(model: str | None, draft: str | None, medusa: str | None, device: str = "auto", dtype: str = "auto",
+                cpu_fast_path: bool = True, chat_template: bool = True) -> ModelBundle:
+    """Loads the target (default: the packaged SmolLM2-135M-Instruct), its tokenizer and the optional draft."""
+    if model is None and os.environ.get(TINY_RANDOM_ENV) == "1":
+        model = TINY_RANDOM
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    if model is None:
+        from .models import load_smollm2, load_smollm2_tokenizer
+
+        target, tokenizer, target_name = load_smollm2(dtype=torch_dtype).to(torch_device), load_smollm2_tokenizer(), \
+            "SmolLM2-135M-Instruct"
+    else:
+        target = load_causal_lm(model, torch_device, torch_dtype)
+        tokenizer = char_tokenizer() if model == TINY_RANDOM else AutoTokenizer.from_pretrained(model)
+        target_name = model
+    draft_model = None if draft is None else load_causal_lm(draft, torch_device, torch_dtype, draft=True)
+    if cpu_fast_path and torch_device.type == "cpu":
+        from .cpu_speedups import optimize_for_cpu
+
+        for m in (target, draft_model):
+            if m is not None:
+                optimize_for_cpu(m)
+    return ModelBundle(target, tokenizer, draft_model, resolve_medusa_dir(medusa), chat_template, target_name, draft)
+
+
+def resolve_medusa_dir(medusa: str | None) -> Path | None:
+    """`--medusa DIR`, else `artifacts/medusa-smollm2-135m` (under the working directory or the source tree) if
+    it exists."""
+    if medusa is not None:
+        path = Path(medusa)
+        if not path.is_dir():
+            raise ValueError(f"--medusa {medusa!r} is not a folder; pass the folder the Medusa heads were saved to.")
+        return path
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / DEFAULT_MEDUSA_DIR).is_dir():
+            return root / DEFAULT_MEDUSA_DIR
+    return None
