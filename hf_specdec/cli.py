@@ -34,7 +34,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                                                       "'tiny-random' builds a tiny random model, for tests.")
     group.add_argument("--draft", metavar="DIR", help="Draft model folder with the target's vocabulary (enables "
                                                       "/draft_model, /egag, /drafter).")
-    group.add_argument("--medusa", metavar="DIR", help="Medusa heads folder (default: artifacts/medusa-smollm2-135m "
+    group.add_argument("--medusa", metavar="DIR", help="Medusa heads folder (default: heads/medusa-smollm2-135m "
                                                        "if it exists).")
     group.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available).")
     group.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),

@@ -23,9 +23,9 @@ from transformers import (
 
 TINY_RANDOM = "tiny-random"
 TINY_RANDOM_ENV = "HF_SPECDEC_TINY_RANDOM"
-DEFAULT_MEDUSA_DIR = Path("artifacts") / "medusa-smollm2-135m"
+DEFAULT_MEDUSA_DIR = Path("heads") / "medusa-smollm2-135m"  # trained heads committed with the repo
 MEDUSA_HINT = ("Medusa heads are not available{why}. Train them with the Medusa recipe "
-               "(they are saved to artifacts/medusa-smollm2-135m), then start the CLI with --medusa DIR.")
+               "(recipes/train_medusa.py), then start the CLI with --medusa DIR.")
 
 
 @dataclass
@@ -134,7 +134,7 @@ def load_bundle(model: str | None, draft: str | None, medusa: str | None, device
 
 
 def resolve_medusa_dir(medusa: str | None) -> Path | None:
-    """`--medusa DIR`, else `artifacts/medusa-smollm2-135m` (under the working directory or the source tree) if
+    """`--medusa DIR`, else `heads/medusa-smollm2-135m` (under the working directory or the source tree) if
     it exists."""
     if medusa is not None:
         path = Path(medusa)

@@ -71,7 +71,7 @@ def medusa_available(bundle: ModelBundle) -> str | None:
     if not hasattr(hf_specdec, "MedusaStrategy"):
         return MEDUSA_HINT.format(why=" (this hf_specdec build has no MedusaStrategy)")
     if bundle.medusa_dir is None:
-        return MEDUSA_HINT.format(why=" (no heads folder: artifacts/medusa-smollm2-135m does not exist)")
+        return MEDUSA_HINT.format(why=" (no heads folder: heads/medusa-smollm2-135m does not exist)")
     return None
 
 
