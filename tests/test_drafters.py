@@ -7,20 +7,21 @@ import torch
 import hf_specdec
 from hf_specdec.schedules import DraftGate, EntropySchedule, HeuristicSchedule
 from hf_specdec.strategies import Draft, NGramStore
-from hf_specdec.strategies.ngram import find_continuation
+from hf_specdec.strategies.ngram import match_suffix
 
 
-def test_find_continuation_uses_the_latest_earlier_match():
+def test_match_suffix_uses_the_latest_earlier_match_and_checks_consistency():
     tokens = torch.tensor([5, 6, 7, 8, 5, 6, 9, 1, 5, 6])
-    assert find_continuation(tokens, 2, 3).tolist() == [9, 1, 5]  # the later "5 6" wins over the first
-    assert find_continuation(tokens, 3, 3) is None  # "1 5 6" never occurred before
-    assert find_continuation(tokens[:2], 2, 3) is None  # too short to hold an earlier match
+    assert match_suffix(tokens, 2) == (6, False)  # the later "5 6" (followed by 9) wins; the first was followed by 7
+    assert match_suffix(tokens, 3) is None  # "1 5 6" never occurred before
+    assert match_suffix(tokens[:2], 2) is None  # too short to hold an earlier match
+    assert match_suffix(torch.tensor([1, 2, 1, 2, 1]), 1) == (3, True)  # every earlier "1" was followed by 2
 
 
 def test_ngram_strategy_backs_off_to_shorter_ngrams():
     strategy = hf_specdec.NGramStrategy(max_ngram_size=3, skip_unprofitable_drafts=False)
     draft = strategy.propose(torch.tensor([[4, 2, 3, 9, 9, 1, 3]]), 4)
-    assert draft.tokens.tolist() == [9, 9, 1, 3] and draft.bucket == 1
+    assert draft.tokens.tolist() == [9, 9, 1, 3] and draft.bucket == 2 * 1 + 1  # 1-gram, consistent
     assert strategy.propose(torch.tensor([[1, 2, 3, 4]]), 4).tokens.numel() == 0
 
 

@@ -34,7 +34,7 @@ class NGramConfig(StrategyConfig, NGramDrafterMixin):
     strategy_type = "ngram"
 
     num_speculative_tokens: int = 10
-    max_ngram_size: int = field(default=3, metadata={"help": "Longest suffix to look up; shorter ones are tried next."})
+    max_ngram_size: int = field(default=4, metadata={"help": "Longest suffix to look up; shorter ones are tried next."})
     min_ngram_size: int = field(default=1, metadata={"help": "Shortest suffix that may produce a draft."})
 
     def __post_init__(self) -> None:
@@ -45,20 +45,21 @@ class NGramConfig(StrategyConfig, NGramDrafterMixin):
                              f"{self.max_ngram_size}.")
 
 
-def find_continuation(tokens: torch.LongTensor, ngram_size: int, max_tokens: int) -> torch.LongTensor | None:
-    """The tokens that followed the most recent earlier occurrence of the last `ngram_size` tokens.
+def match_suffix(tokens: torch.LongTensor, ngram_size: int) -> tuple[int, bool] | None:
+    """Where the continuation of the latest earlier occurrence of the last `ngram_size` tokens starts, and whether
+    every earlier occurrence was followed by the same token (a consistent match is accepted far more often).
 
-    tokens: `[n]`; returns `[<= max_tokens]` or None when the suffix does not occur earlier.
+    tokens: `[n]`; None when the suffix does not occur earlier.
     """
     if tokens.numel() <= ngram_size:
         return None
     suffix = tokens[-ngram_size:]
     windows = tokens[:-1].unfold(0, ngram_size, 1)  # [n - ngram_size, ngram_size]; excludes the suffix itself
-    starts = (windows == suffix).all(dim=1).nonzero().flatten()
+    starts = (windows == suffix).all(dim=1).nonzero().flatten() + ngram_size  # continuation starts
     if starts.numel() == 0:
         return None
-    begin = int(starts[-1]) + ngram_size
-    return tokens[begin : begin + max_tokens]
+    followers = tokens[starts]
+    return int(starts[-1]), bool((followers == followers[-1]).all())
 
 
 class NGramStrategy(SpeculativeStrategy):
@@ -76,11 +77,14 @@ class NGramStrategy(SpeculativeStrategy):
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         tokens = input_ids[0]
         for size in range(self.config.max_ngram_size, self.config.min_ngram_size - 1, -1):
-            continuation = find_continuation(tokens, size, max_tokens)
-            if continuation is not None and continuation.numel() > 0:
-                if self.config.skip_unprofitable_drafts and not self.gate.should_draft(size):
-                    return Draft(tokens.new_empty(0), bucket=size)
-                return Draft(continuation, bucket=size)
+            match = match_suffix(tokens, size)
+            if match is None:
+                continue
+            start, consistent = match
+            bucket = 2 * size + consistent  # the gate learns per (match length, consistency)
+            if self.config.skip_unprofitable_drafts and not self.gate.should_draft(bucket):
+                return Draft(tokens.new_empty(0), bucket=bucket)
+            return Draft(tokens[start : start + max_tokens], bucket=bucket)
         return Draft(tokens.new_empty(0))
 
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
