@@ -1,0 +1,124 @@
+"""Losslessness under sampling, tested statistically.
+
+For a few fixed prefixes, draw many short continuations (`num_tokens` tokens) with plain sampling and with each
+method, then compare, per prefix, the distribution of each position's token and of the first two tokens jointly
+with a two-sample chi-square test (`distribution_match` metric). The first token comes from the prefill, so drafts
+are verified from the second token on; a broken verifier shows up there. The p-values of all tests of one method are
+combined with Bonferroni's correction (min p times the number of informative tests, those with >= 2 bins after
+pooling rare tokens); the method passes when that is >= alpha, and is INCONCLUSIVE when no test was informative
+(too few samples for how spread the distribution is).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import EvalConfig, MethodSpec, SamplingTestSpec
+from .loading import EvalPrompt
+from .methods import MethodFactory
+from .runner import RecordStore, encode
+
+ENDED = -1  # the position after an EOS (the sample ended early)
+
+
+def pick_prefixes(prompts: list[EvalPrompt], spec: SamplingTestSpec) -> list[EvalPrompt]:
+    """The first `num_prefixes` prompts of each dataset."""
+    chosen: dict[str, list[EvalPrompt]] = {}
+    for prompt in prompts:
+        group = chosen.setdefault(prompt.dataset, [])
+        if len(group) < spec.num_prefixes:
+            group.append(prompt)
+    return [p for group in chosen.values() for p in group]
+
+
+def _pad(tokens: list[int], length: int, eos: set[int]) -> list[int]:
+    """Tokens up to and including the first EOS, then ENDED up to `length`."""
+    out = []
+    for token in tokens[:length]:
+        out.append(token)
+        if token in eos:
+            break
+    return out + [ENDED] * (length - len(out))
+
+
+def _eos_ids(model: PreTrainedModel) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set() if eos is None else set(eos if isinstance(eos, list) else [eos])
+
+
+def draw_samples(model: PreTrainedModel, prefix_ids: torch.LongTensor, factory: MethodFactory, spec: MethodSpec,
+                 test: SamplingTestSpec, seed: int) -> list[list[int]]:
+    """`num_samples` continuations of `num_tokens` tokens. Plain sampling runs as one batch; other methods one
+    sample per call (hf_specdec strategies take batch size 1), each with a fresh strategy."""
+    gen_kwargs = {"do_sample": True, "temperature": test.temperature, "top_p": test.top_p,
+                  "max_new_tokens": test.num_tokens}
+    eos, n = _eos_ids(model), prefix_ids.shape[1]
+    torch.manual_seed(seed)
+    if spec.type == "plain":
+        out = model.generate(prefix_ids, num_return_sequences=test.num_samples, **gen_kwargs)  # [S, n + T]
+        return [_pad(row[n:].tolist(), test.num_tokens, eos) for row in out]
+    samples = []
+    for _ in range(test.num_samples):
+        out = model.generate(prefix_ids, **gen_kwargs, **factory.generate_kwargs(spec))
+        samples.append(_pad(out[0, n:].tolist(), test.num_tokens, eos))
+    return samples
+
+
+def run_sampling_test(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, factory: MethodFactory,
+                      prefixes: list[EvalPrompt], methods: list[MethodSpec], config: EvalConfig,
+                      store: RecordStore, rank: int = 0, show_progress: bool = True) -> None:
+    """Draws and records the samples of every (prefix, method) pair not yet in `store`."""
+    test = config.sampling_test
+    todo = [(p, m) for p in prefixes for m in methods if not store.done("sample", p.uid, m.name)]
+    for prompt, spec in tqdm(todo, desc=f"sampling test [rank {rank}]", position=rank, disable=not show_progress):
+        prefix_ids = encode(tokenizer, prompt.prompt.text, model.device)[:, -test.prefix_tokens:]
+        samples = draw_samples(model, prefix_ids, factory, spec, test, config.seed + prompt.index)
+        store.append({"kind": "sample", "uid": prompt.uid, "method": spec.name, "type": spec.type,
+                      "dataset": prompt.dataset, "samples": samples})
+
+
+def _features(samples: list[list[int]], base: int) -> dict[str, list[int]]:
+    """Per sample: the token at each position, and the first two tokens as one joint category (`base` > every
+    token id + 1, the same for both sides of a comparison)."""
+    features = {f"token{j + 1}": [s[j] for s in samples] for j in range(len(samples[0]))}
+    if len(samples[0]) >= 2:
+        features["tokens1-2"] = [(s[0] + 1) * base + (s[1] + 1) for s in samples]
+    return features
+
+
+def compare_samples(metric: Any, plain: list[list[int]], other: list[list[int]], min_count: int) -> list[dict]:
+    """One `distribution_match` result per feature (see `_features`); `metric` is the loaded evaluate module."""
+    base = max(max(max(s) for s in plain), max(max(s) for s in other)) + 2
+    plain_features, other_features = _features(plain, base), _features(other, base)
+    return [{"feature": name, **metric.compute(predictions=other_features[name], references=values,
+                                               min_count=min_count)}
+            for name, values in plain_features.items()]
+
+
+def summarise_sampling(records: list[dict], plain_name: str, test: SamplingTestSpec, metric: Any) -> list[dict]:
+    """Pass/fail per method: all prefixes and features, Bonferroni-combined p-value against `test.alpha`."""
+    samples = {(r["uid"], r["method"]): r["samples"] for r in records if r["kind"] == "sample"}
+    methods = sorted({m for _, m in samples if m != plain_name})
+    summary = []
+    for method in methods:
+        tests = []
+        for (uid, name), other in samples.items():
+            if name == method and (uid, plain_name) in samples:
+                for result in compare_samples(metric, samples[(uid, plain_name)], other, test.min_count):
+                    tests.append({"uid": uid, **result})
+        if not tests:
+            continue
+        informative = [t for t in tests if t["num_bins"] >= 2]
+        min_p = min(t["p_value"] for t in tests)
+        combined = min(1.0, min_p * len(informative)) if informative else 1.0
+        passed = combined >= test.alpha
+        verdict = "FAIL" if not passed else "PASS" if informative else "INCONCLUSIVE"
+        summary.append({"method": method, "num_tests": len(tests), "informative_tests": len(informative),
+                        "min_p_value": min_p, "combined_p_value": combined,
+                        "max_tv_distance": max(t["tv_distance"] for t in tests), "passed": passed,
+                        "verdict": verdict, "alpha": test.alpha, "tests": tests})
+    return summary
