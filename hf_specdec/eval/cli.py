@@ -65,6 +65,10 @@ def check_resume(out_dir: Path, config: EvalConfig) -> None:
                              "delete that one) to start afresh. Only `limit` may change when resuming.")
 
 
+def _accelerator_available() -> bool:
+    return hasattr(torch, "accelerator") and torch.accelerator.is_available()
+
+
 def load_run_models(config: EvalConfig, device: torch.device):
     """Target, tokenizer and draft on `device`; optimize_for_cpu on both when on the CPU and asked for."""
     target, tokenizer = load_model(config.target)
@@ -93,7 +97,8 @@ def _meta(config, state, prompts: list[EvalPrompt], prefixes: list[EvalPrompt], 
 def run(config: EvalConfig, out_dir: Path, show_progress: bool = True) -> int:
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True lets torchrun start several CPU processes (gloo); with an accelerator, PartialState picks it.
+    state = PartialState(cpu=not _accelerator_available())
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)

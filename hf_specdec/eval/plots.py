@@ -22,7 +22,7 @@ def plot_speedup_by_group(summary: dict, config: EvalConfig, path: Path) -> Path
     groups = list(summary)
     methods = [m.name for m in config.methods if m.name != config.plain_name
                and any(m.name in summary[g] for g in groups)]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) * max(1, len(methods)) ** 0.5 + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(min(18.0, 4.0 + 0.25 * len(groups) * max(1, len(methods))), 4.5))
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         xs, ys, low, high = [], [], [], []

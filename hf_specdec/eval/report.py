@@ -75,14 +75,14 @@ def write_csv(path: Path, results: dict, config: EvalConfig) -> None:
                     continue
                 s = n.get(f"speedup_vs_{config.plain_name}") or {}
                 b = n.get(f"speedup_vs_{builtin}") if builtin else None
-                writer.writerow({**base, "group": group, "prompts": n["prompts"], "tokens_per_s": n["tokens_per_s"],
+                writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in {**base, "group": group, "prompts": n["prompts"], "tokens_per_s": n["tokens_per_s"],
                                  "speedup": s.get("speedup"), "speedup_median": s.get("median"),
                                  "speedup_p25": s.get("p25"), "speedup_p75": s.get("p75"),
                                  "speedup_vs_builtin": b["speedup"] if b else None,
                                  "acceptance_rate": n["acceptance_rate"],
                                  "mean_accepted_length": n["mean_accepted_length"], "draft_s": n["draft_s"],
                                  "verify_s": n["verify_s"], "greedy_matches": n["greedy_matches"],
-                                 "greedy_checked": n["greedy_checked"], "skipped": ""})
+                                 "greedy_checked": n["greedy_checked"], "skipped": ""}.items()})
 
 
 def _speed_table(group: str, methods: dict, config: EvalConfig) -> list[str]:
@@ -109,11 +109,12 @@ def _category_table(summary: dict, config: EvalConfig) -> list[str]:
         return []
     methods = [m.name for m in config.methods if m.name != config.plain_name
                and any(m.name in summary[g] for g in groups)]
-    lines = ["## Speedup vs plain per category (total time ratio)", "",
+    lines = ["## Speedup vs plain per category", "", "Total time ratio (median of the per-prompt ratios).", "",
              "| category | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for group in groups:
         cells = [(summary[group].get(m) or {}).get(f"speedup_vs_{config.plain_name}") for m in methods]
-        lines.append(f"| {group} | " + " | ".join(_fmt(c["speedup"] if c else None, ".2f", "x") for c in cells) + " |")
+        lines.append(f"| {group} | " + " | ".join("-" if not c else f"{c['speedup']:.2f}x ({c['median']:.2f})"
+                                                   for c in cells) + " |")
     return lines + [""]
 
 

@@ -167,6 +167,8 @@ def check_prompt(model, input_ids: torch.LongTensor, prompt: EvalPrompt, methods
     """Compares each method's greedy output with plain's; records a "match" per pair, with the position of the
     first difference and the target's top-2 logit gap there when they differ."""
     plain = store.find("speed", prompt.uid, plain_name)
+    if plain is None:
+        return
     for spec in methods:
         record = store.find("speed", prompt.uid, spec.name)
         if spec.name == plain_name or record is None or store.done("match", prompt.uid, spec.name):
