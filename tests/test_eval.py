@@ -58,8 +58,7 @@ def write_recipe(directory, **changes) -> str:
     prompts = directory / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(row) + "\n" for row in PROMPTS))
     recipe = {"target": {"name": "tiny-random-llama", "seed": 0}, "draft": {"name": "tiny-random-llama", "seed": 1,
-              "layers": 1}, "datasets": [{"kind": "jsonl", "path": str(prompts), "name": "tiny",
-                                          "chat_template": False}],
+              "layers": 1}, "datasets": [{"kind": "jsonl", "path": str(prompts), "name": "tiny"}],
               "decoding": {"max_new_tokens": 10}, "warmup_tokens": 4, "threads": 1, "methods": METHODS,
               "sampling_test": {"enabled": True, "num_prefixes": 1, "num_samples": 12, "num_tokens": 2}}
     recipe.update(changes)
@@ -208,3 +207,37 @@ def test_default_recipes_load():
     assert [m.name for m in full.methods][:2] == ["plain", "transformers-prompt-lookup"]
     ablation = load_config("recipes/eval/ablation.yaml")
     assert any(m.options.get("schedule") == "entropy" for m in ablation.methods)
+
+
+def test_heads_key_loads_heads_for_any_strategy(tmp_path, monkeypatch):
+    """`heads: <dir>` passes `<Strategy>.heads_class.from_pretrained(dir)` as the strategy's first argument."""
+    from hf_specdec.eval import methods
+    from hf_specdec.strategies import NGramStrategy
+
+    class FakeHeads(torch.nn.Module):
+        @classmethod
+        def from_pretrained(cls, path):
+            heads = cls()
+            heads.path = path
+            return heads
+
+    class FakeHeadsStrategy(NGramStrategy):
+        heads_class = FakeHeads
+
+        def __init__(self, heads, **overrides):
+            super().__init__(**overrides)
+            self.heads = heads
+
+    monkeypatch.setitem(methods.STRATEGIES, "fake_heads", FakeHeadsStrategy)
+    (tmp_path / "heads").mkdir()
+    config = config_from_dict({"target": "tiny-random-llama", "datasets": [{"kind": "jsonl", "path": "p.jsonl"}],
+                               "methods": [{"name": "plain", "type": "plain"},
+                                           {"name": "h", "type": "fake_heads", "heads": str(tmp_path / "heads"),
+                                            "num_speculative_tokens": 3}]})
+    spec = config.methods[1]
+    assert skip_reason(spec, config) is None and spec.options == {"num_speculative_tokens": 3}
+    factory = MethodFactory(tiny_random_llama(ModelSpec("tiny-random-llama")))
+    strategy = factory.generate_kwargs(spec)["assistant_model"]
+    assert isinstance(strategy, FakeHeadsStrategy) and strategy.heads.path == str(tmp_path / "heads")
+    assert strategy.config.num_speculative_tokens == 3
+    assert factory.generate_kwargs(spec)["assistant_model"].heads is strategy.heads  # loaded once
