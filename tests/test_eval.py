@@ -60,7 +60,7 @@ def write_recipe(directory, **changes) -> str:
     recipe = {"target": {"name": "tiny-random-llama", "seed": 0}, "draft": {"name": "tiny-random-llama", "seed": 1,
               "layers": 1}, "datasets": [{"kind": "jsonl", "path": str(prompts), "name": "tiny"}],
               "decoding": {"max_new_tokens": 10}, "warmup_tokens": 4, "threads": 1, "methods": METHODS,
-              "sampling_test": {"enabled": True, "num_prefixes": 1, "num_samples": 12, "num_tokens": 2}}
+              "sampling_test": {"enabled": True, "num_prefixes": 1, "num_samples": 12, "num_tokens": 3}}
     recipe.update(changes)
     path = directory / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -105,6 +105,7 @@ def test_greedy_outputs_match_plain_everywhere(finished_run):
     assert {s["method"] for s in results["sampling_test"]} == {"transformers-prompt-lookup", "ngram",
                                                                "nasd-onelevel", "draft-k3"}
     assert all(s["passed"] for s in results["sampling_test"])
+    assert {s["method"]: s["drafted_tokens_verified"] for s in results["sampling_test"]}["draft-k3"] > 0
 
 
 def test_resume_skips_finished_pairs(finished_run):
@@ -160,7 +161,7 @@ def test_sampling_test_catches_a_broken_verifier(tmp_path, monkeypatch):
         return summarise_sampling(store.records, "plain", config.sampling_test, metric)[0]
 
     correct = verdict(tmp_path / "ok")
-    assert correct["passed"] and correct["informative_tests"] > 0, correct
+    assert correct["passed"] and correct["informative_tests"] > 0 and correct["drafted_tokens_verified"] > 0, correct
     monkeypatch.setattr(hf_specdec.decoding, "speculative_sampling_verify", broken_verify)
     broken = verdict(tmp_path / "broken")
     assert broken["verdict"] == "FAIL" and broken["combined_p_value"] < 1e-3, broken

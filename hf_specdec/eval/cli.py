@@ -126,6 +126,8 @@ def _run(config: EvalConfig, out_dir: Path, state, show_progress: bool) -> int:
     store = RecordStore(out_dir, state.process_index)
     with state.split_between_processes(prompts) as mine:
         run_speed(target, tokenizer, factory, mine, methods, config, store, state.process_index, show_progress)
+    state.wait_for_everyone()
+    store = RecordStore(out_dir, state.process_index)  # re-read: prefixes continue other processes' outputs
     with state.split_between_processes(prefixes) as mine:
         run_sampling_test(target, tokenizer, factory, mine, methods, config, store, state.process_index,
                           show_progress)

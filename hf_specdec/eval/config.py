@@ -110,18 +110,21 @@ class SamplingTestSpec:
 
     enabled: bool = field(default=False, metadata={"help": "Run the sampling test."})
     num_prefixes: int = field(default=2, metadata={"help": "Prefixes drawn from the first prompts of each dataset."})
-    prefix_tokens: int = field(default=48, metadata={"help": "Prefix = the prompt cut to its last this-many tokens."})
+    prefix_tokens: int = field(default=64, metadata={"help": "Prefixes are cut to their last this-many tokens."})
+    continue_output: bool = field(default=True, metadata={"help": "Prefix = prompt + first half of plain's greedy "
+                                                                   "output (mid-answer: drafters have matches)."})
     num_samples: int = field(default=200, metadata={"help": "Samples per prefix and method."})
-    num_tokens: int = field(default=4, metadata={"help": "Sampled tokens per sample (>= 2: drafts start at token 2)."})
+    num_tokens: int = field(default=4, metadata={"help": "Sampled tokens per sample (>= 3, see __post_init__)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus threshold."})
     alpha: float = field(default=0.01, metadata={"help": "Fail when the combined p-value is below this."})
     min_count: int = field(default=10, metadata={"help": "Pooled count under which tokens share an 'other' bin."})
 
     def __post_init__(self) -> None:
-        if self.num_tokens < 2:
-            raise ValueError("sampling_test.num_tokens must be >= 2: the first token comes from the prefill, "
-                             "before any draft is verified.")
+        if self.num_tokens < 3:
+            raise ValueError("sampling_test.num_tokens must be >= 3: the first token comes from the prefill, and a "
+                             "verify step drafts at most (tokens still allowed - 1), so drafts start at token 2 only "
+                             "when a third token is allowed.")
 
 
 @dataclass

@@ -141,11 +141,13 @@ def _lossless_sections(results: dict, config: EvalConfig) -> list[str]:
     if results["sampling_test"]:
         t = config.sampling_test
         lines += [(f"Sampling (temperature {t.temperature}, top-p {t.top_p}): {t.num_samples} samples of {t.num_tokens} "
-                  f"tokens per prefix and method, compared with plain sampling per position and for the first two "
+                  f"tokens per prefix ({'prompt + first half of plain greedy output, ' if t.continue_output else ''}last "
+                   f"{t.prefix_tokens} tokens) and method, compared with plain sampling per position and for the first two "
                   f"tokens jointly (two-sample chi-square); p-values Bonferroni-combined; pass if >= {t.alpha}."), "",
-                  "| method | informative / all tests | min p | combined p | max TV distance (binned) | result |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {s['method']} | {s['informative_tests']}/{s['num_tests']} | {s['min_p_value']:.3g} | "
+                  ("| method | drafted tokens verified | informative / all tests | min p | combined p "
+                  "| max TV distance (binned) | result |"), "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['method']} | {_fmt(s['drafted_tokens_verified'], 'd')} | "
+                  f"{s['informative_tests']}/{s['num_tests']} | {s['min_p_value']:.3g} | "
                   f"{s['combined_p_value']:.3g} | {s['max_tv_distance']:.3f} | "
                   f"{'**FAIL**' if s['verdict'] == 'FAIL' else s['verdict']} |" for s in results["sampling_test"]]
         lines.append("")

@@ -2,11 +2,12 @@
 
 For a few fixed prefixes, draw many short continuations (`num_tokens` tokens) with plain sampling and with each
 method, then compare, per prefix, the distribution of each position's token and of the first two tokens jointly
-with a two-sample chi-square test (`distribution_match` metric). The first token comes from the prefill, so drafts
-are verified from the second token on; a broken verifier shows up there. The p-values of all tests of one method are
+with a two-sample chi-square test (`distribution_match` metric). The first token comes from the prefill and the
+loop drafts at most (tokens still allowed - 1), so drafts are verified from the second token on when at least three
+are sampled; a broken verifier shows up there. The p-values of all tests of one method are
 combined with Bonferroni's correction (min p times the number of informative tests, those with >= 2 bins after
 pooling rare tokens); the method passes when that is >= alpha, and is INCONCLUSIVE when no test was informative
-(too few samples for how spread the distribution is).
+(too few samples for how spread the distribution is) or when no drafted token reached the verifier.
 """
 
 from __future__ import annotations
@@ -51,21 +52,40 @@ def _eos_ids(model: PreTrainedModel) -> set[int]:
 
 
 def draw_samples(model: PreTrainedModel, prefix_ids: torch.LongTensor, factory: MethodFactory, spec: MethodSpec,
-                 test: SamplingTestSpec, seed: int) -> list[list[int]]:
-    """`num_samples` continuations of `num_tokens` tokens. Plain sampling runs as one batch; other methods one
-    sample per call (hf_specdec strategies take batch size 1), each with a fresh strategy."""
+                 test: SamplingTestSpec, seed: int) -> tuple[list[list[int]], dict[str, int] | None]:
+    """`num_samples` continuations of `num_tokens` tokens, and (hf_specdec methods) how many drafted tokens the
+    verifier judged. Plain sampling runs as one batch; other methods one sample per call (hf_specdec strategies
+    take batch size 1), each with a fresh strategy."""
     gen_kwargs = {"do_sample": True, "temperature": test.temperature, "top_p": test.top_p,
                   "max_new_tokens": test.num_tokens}
     eos, n = _eos_ids(model), prefix_ids.shape[1]
     torch.manual_seed(seed)
     if spec.type == "plain":
         out = model.generate(prefix_ids, num_return_sequences=test.num_samples, **gen_kwargs)  # [S, n + T]
-        return [_pad(row[n:].tolist(), test.num_tokens, eos) for row in out]
-    samples = []
+        return [_pad(row[n:].tolist(), test.num_tokens, eos) for row in out], None
+    samples, counts = [], {"drafted": 0, "accepted": 0}
     for _ in range(test.num_samples):
-        out = model.generate(prefix_ids, **gen_kwargs, **factory.generate_kwargs(spec))
+        kwargs = factory.generate_kwargs(spec)
+        out = model.generate(prefix_ids, **gen_kwargs, **kwargs)
         samples.append(_pad(out[0, n:].tolist(), test.num_tokens, eos))
-    return samples
+        stats = getattr(kwargs.get("assistant_model"), "last_stats", None)
+        if stats is not None:
+            counts["drafted"] += stats.drafted
+            counts["accepted"] += stats.accepted
+    return samples, counts if spec.is_strategy else None
+
+
+def prefix_ids_for(prompt: EvalPrompt, tokenizer: PreTrainedTokenizerBase, store: RecordStore, plain_name: str,
+                   test: SamplingTestSpec, device: torch.device) -> torch.LongTensor:
+    """`[1, <= prefix_tokens]`: the prompt, followed (with `continue_output`) by the first half of plain's greedy
+    output from the speed run, cut to its last `prefix_tokens` tokens. Mid-answer prefixes give the drafters
+    something to continue, so the verifier is exercised."""
+    ids = encode(tokenizer, prompt.prompt.text, device)  # [1, n]
+    plain = store.find("speed", prompt.uid, plain_name) if test.continue_output else None
+    if plain is not None and plain["output"]:
+        head = torch.tensor([plain["output"][: len(plain["output"]) // 2]], dtype=ids.dtype, device=device)
+        ids = torch.cat([ids, head], dim=-1)
+    return ids[:, -test.prefix_tokens:]
 
 
 def run_sampling_test(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, factory: MethodFactory,
@@ -75,10 +95,11 @@ def run_sampling_test(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     test = config.sampling_test
     todo = [(p, m) for p in prefixes for m in methods if not store.done("sample", p.uid, m.name)]
     for prompt, spec in tqdm(todo, desc=f"sampling test [rank {rank}]", position=rank, disable=not show_progress):
-        prefix_ids = encode(tokenizer, prompt.prompt.text, model.device)[:, -test.prefix_tokens:]
-        samples = draw_samples(model, prefix_ids, factory, spec, test, config.seed + prompt.index)
+        prefix_ids = prefix_ids_for(prompt, tokenizer, store, config.plain_name, test, model.device)
+        samples, counts = draw_samples(model, prefix_ids, factory, spec, test, config.seed + prompt.index)
         store.append({"kind": "sample", "uid": prompt.uid, "method": spec.name, "type": spec.type,
-                      "dataset": prompt.dataset, "samples": samples})
+                      "dataset": prompt.dataset, "prefix": prefix_ids[0].tolist(), "samples": samples,
+                      "verified": counts})
 
 
 def _features(samples: list[list[int]], base: int) -> dict[str, list[int]]:
@@ -102,6 +123,7 @@ def compare_samples(metric: Any, plain: list[list[int]], other: list[list[int]],
 def summarise_sampling(records: list[dict], plain_name: str, test: SamplingTestSpec, metric: Any) -> list[dict]:
     """Pass/fail per method: all prefixes and features, Bonferroni-combined p-value against `test.alpha`."""
     samples = {(r["uid"], r["method"]): r["samples"] for r in records if r["kind"] == "sample"}
+    verified = {(r["uid"], r["method"]): r.get("verified") for r in records if r["kind"] == "sample"}
     methods = sorted({m for _, m in samples if m != plain_name})
     summary = []
     for method in methods:
@@ -113,11 +135,13 @@ def summarise_sampling(records: list[dict], plain_name: str, test: SamplingTestS
         if not tests:
             continue
         informative = [t for t in tests if t["num_bins"] >= 2]
+        counts = [v for (_, m), v in verified.items() if m == method and v is not None]
+        drafted = sum(c["drafted"] for c in counts) if counts else None  # None: a built-in method, not counted
         min_p = min(t["p_value"] for t in tests)
         combined = min(1.0, min_p * len(informative)) if informative else 1.0
         passed = combined >= test.alpha
-        verdict = "FAIL" if not passed else "PASS" if informative else "INCONCLUSIVE"
-        summary.append({"method": method, "num_tests": len(tests), "informative_tests": len(informative),
+        verdict = "FAIL" if not passed else "PASS" if informative and drafted != 0 else "INCONCLUSIVE"
+        summary.append({"method": method, "num_tests": len(tests), "drafted_tokens_verified": drafted, "informative_tests": len(informative),
                         "min_p_value": min_p, "combined_p_value": combined,
                         "max_tv_distance": max(t["tv_distance"] for t in tests), "passed": passed,
                         "verdict": verdict, "alpha": test.alpha, "tests": tests})
