@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import sys
 import warnings
@@ -97,8 +98,9 @@ def _meta(config, state, prompts: list[EvalPrompt], prefixes: list[EvalPrompt], 
 def run(config: EvalConfig, out_dir: Path, show_progress: bool = True) -> int:
     from accelerate import PartialState
 
-    # cpu=True lets torchrun start several CPU processes (gloo); with an accelerator, PartialState picks it.
-    state = PartialState(cpu=not _accelerator_available())
+    # cpu=True lets torchrun start several CPU processes (gloo); with an accelerator, PartialState picks it. The long
+    # timeout lets a process that finished its share wait at a barrier for the slowest one.
+    state = PartialState(cpu=not _accelerator_available(), timeout=datetime.timedelta(hours=24))
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -113,9 +115,10 @@ def _run(config: EvalConfig, out_dir: Path, state, show_progress: bool) -> int:
     for name, reason in skipped.items():
         warnings.warn(f"hf_specdec eval: skipping method {name!r}: {reason}.", stacklevel=2)
     methods = [m for m in config.methods if m.name not in skipped]
+    check_resume(out_dir, config)  # every process, so none is left waiting when it refuses
+    state.wait_for_everyone()
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        check_resume(out_dir, config)
         (out_dir / RUN_CONFIG).write_text(json.dumps(config_to_dict(config), indent=1))
     state.wait_for_everyone()
 

@@ -110,9 +110,9 @@ class SamplingTestSpec:
 
     enabled: bool = field(default=False, metadata={"help": "Run the sampling test."})
     num_prefixes: int = field(default=2, metadata={"help": "Prefixes drawn from the first prompts of each dataset."})
-    prefix_tokens: int = field(default=64, metadata={"help": "Prefixes are cut to their last this-many tokens."})
-    continue_output: bool = field(default=True, metadata={"help": "Prefix = prompt + first half of plain's greedy "
-                                                                   "output (mid-answer: drafters have matches)."})
+    prefix_tokens: int = field(default=512, metadata={"help": "Prefixes are cut to their last this-many tokens."})
+    continue_output: bool = field(default=True, metadata={"help": "Prefix = prompt + part of plain's greedy output, "
+                                                                   "cut where a copy is likely (drafters propose)."})
     num_samples: int = field(default=200, metadata={"help": "Samples per prefix and method."})
     num_tokens: int = field(default=4, metadata={"help": "Sampled tokens per sample (>= 3, see __post_init__)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})

@@ -141,7 +141,7 @@ def _lossless_sections(results: dict, config: EvalConfig) -> list[str]:
     if results["sampling_test"]:
         t = config.sampling_test
         lines += [(f"Sampling (temperature {t.temperature}, top-p {t.top_p}): {t.num_samples} samples of {t.num_tokens} "
-                  f"tokens per prefix ({'prompt + first half of plain greedy output, ' if t.continue_output else ''}last "
+                  f"tokens per prefix ({'prompt + plain greedy output up to a likely copy, ' if t.continue_output else ''}last "
                    f"{t.prefix_tokens} tokens) and method, compared with plain sampling per position and for the first two "
                   f"tokens jointly (two-sample chi-square); p-values Bonferroni-combined; pass if >= {t.alpha}."), "",
                   ("| method | drafted tokens verified | informative / all tests | min p | combined p "

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..strategies.ngram import find_continuation
 from .config import EvalConfig, MethodSpec, SamplingTestSpec
 from .loading import EvalPrompt
 from .methods import MethodFactory
@@ -75,16 +76,34 @@ def draw_samples(model: PreTrainedModel, prefix_ids: torch.LongTensor, factory: 
     return samples, counts if spec.is_strategy else None
 
 
+def _suffix_seen(tokens: list[int], size: int) -> bool:
+    """True when the last `size` tokens also occur together earlier in `tokens` (an n-gram drafter then drafts)."""
+    return len(tokens) > size and find_continuation(torch.tensor(tokens), size, 1) is not None
+
+
+def cut_point(context: list[int], output: list[int], window: int) -> int:
+    """How many tokens of plain's greedy `output` to append to the prompt `context`: the first position from the
+    middle on (then before it) whose next greedy token ends a 2-gram (else a 1-gram) seen earlier in the last
+    `window` tokens, so the likely first sampled token leads drafters to a draft for the second one; else the
+    middle."""
+    middle = len(output) // 2
+    for size in (2, 1):
+        for p in [*range(middle, len(output)), *range(middle - 1, 0, -1)]:
+            if _suffix_seen((context + output[: p + 1])[-window:], size):
+                return p
+    return middle
+
+
 def prefix_ids_for(prompt: EvalPrompt, tokenizer: PreTrainedTokenizerBase, store: RecordStore, plain_name: str,
                    test: SamplingTestSpec, device: torch.device) -> torch.LongTensor:
-    """`[1, <= prefix_tokens]`: the prompt, followed (with `continue_output`) by the first half of plain's greedy
-    output from the speed run, cut to its last `prefix_tokens` tokens. Mid-answer prefixes give the drafters
-    something to continue, so the verifier is exercised."""
+    """`[1, <= prefix_tokens]`: the prompt, followed (with `continue_output`) by part of plain's greedy output from
+    the speed run (see `cut_point`), cut to its last `prefix_tokens` tokens. Mid-answer prefixes where a copy is
+    likely give the drafters something to propose, so the verifier is exercised."""
     ids = encode(tokenizer, prompt.prompt.text, device)  # [1, n]
     plain = store.find("speed", prompt.uid, plain_name) if test.continue_output else None
     if plain is not None and plain["output"]:
-        head = torch.tensor([plain["output"][: len(plain["output"]) // 2]], dtype=ids.dtype, device=device)
-        ids = torch.cat([ids, head], dim=-1)
+        head = plain["output"][: cut_point(ids[0].tolist(), plain["output"], test.prefix_tokens)]
+        ids = torch.cat([ids, torch.tensor([head], dtype=ids.dtype, device=device)], dim=-1)
     return ids[:, -test.prefix_tokens:]
 
 
