@@ -242,3 +242,24 @@ def test_heads_key_loads_heads_for_any_strategy(tmp_path, monkeypatch):
     assert isinstance(strategy, FakeHeadsStrategy) and strategy.heads.path == str(tmp_path / "heads")
     assert strategy.config.num_speculative_tokens == 3
     assert factory.generate_kwargs(spec)["assistant_model"].heads is strategy.heads  # loaded once
+
+
+def test_mismatch_reports_position_and_top2_gap(tmp_path):
+    """A made-up diverging output: the record names the first differing position, and the target's top-1 token
+    there is plain greedy's token (the gap is measured on plain's prefix)."""
+    from hf_specdec.eval.config import MethodSpec
+    from hf_specdec.eval.runner import check_prompt, encode
+
+    model, tokenizer = tiny_random_llama(ModelSpec("tiny-random-llama")), byte_tokenizer()
+    prompt = EvalPrompt("tiny/0", 0, Prompt("0", "tiny", "", PROMPTS[1]["prompt"]))
+    input_ids = encode(tokenizer, prompt.prompt.text, model.device)
+    plain = model.generate(input_ids, max_new_tokens=8, do_sample=False)[0, input_ids.shape[1]:].tolist()
+    wrong = plain[:5] + [(plain[5] + 1) % 256] + plain[6:]
+    store = RecordStore(tmp_path)
+    for name, output in (("plain", plain), ("broken", wrong)):
+        store.append({"kind": "speed", "uid": prompt.uid, "method": name, "output": output})
+    specs = [MethodSpec("plain", "plain"), MethodSpec("broken", "ngram")]
+    check_prompt(model, input_ids, prompt, specs, "plain", store)
+    record = store.find("match", prompt.uid, "broken")
+    assert not record["match"] and record["position"] == 5
+    assert record["top1"] == plain[5] and record["method_token"] == wrong[5] and record["logit_gap"] >= 0
