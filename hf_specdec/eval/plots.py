@@ -1,14 +1,13 @@
-"""PNG plots of a summary, with matplotlib's Agg backend (no display needed)."""
+"""PNG plots of a summary, drawn on matplotlib's Agg canvas (no display needed; pyplot's global backend is left
+alone, so importing this in a notebook changes nothing)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from .config import EvalConfig
 
@@ -22,7 +21,7 @@ def plot_speedup_by_group(summary: dict, config: EvalConfig, path: Path) -> Path
     groups = list(summary)
     methods = [m.name for m in config.methods if m.name != config.plain_name
                and any(m.name in summary[g] for g in groups)]
-    fig, ax = plt.subplots(figsize=(min(18.0, 4.0 + 0.25 * len(groups) * max(1, len(methods))), 4.5))
+    fig, ax = _subplots(min(18.0, 4.0 + 0.25 * len(groups) * max(1, len(methods))), 4.5)
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         xs, ys, low, high = [], [], [], []
@@ -38,13 +37,13 @@ def plot_speedup_by_group(summary: dict, config: EvalConfig, path: Path) -> Path
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
     ax.set_ylabel(f"speedup vs {config.plain_name}")
     ax.set_title("Speedup by prompt group (bars: total time ratio; whiskers: per-prompt p25-p75)")
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
 def plot_accepted_lengths(summary: dict, group: str, path: Path) -> Path:
     """Histogram of tokens emitted per target forward, one step-line per strategy."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _subplots(6.5, 4)
     plotted = False
     for method, numbers in summary.get(group, {}).items():
         lengths = numbers.get("accepted_lengths") or []
@@ -62,7 +61,7 @@ def plot_accepted_lengths(summary: dict, group: str, path: Path) -> Path:
 
 def plot_speedup_vs_k(summary: dict, group: str, config: EvalConfig, path: Path) -> Path:
     """Speedup vs draft length K: one line per `sweep` label, lone points for other strategies."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _subplots(6.5, 4)
     lines: dict[str, list[tuple[int, float]]] = {}
     for spec in config.methods:
         numbers = summary.get(group, {}).get(spec.name)
@@ -92,10 +91,15 @@ def _default_k(spec) -> int | None:
         return None
 
 
-def _save(fig, path: Path) -> Path:
+def _subplots(width: float, height: float):
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
