@@ -1,0 +1,123 @@
+"""Models and prompts for an evaluation run, all offline.
+
+`tiny-random-llama` is a randomly initialised Llama built in-process from a seed, with a byte-level tokenizer (ids
+0..255 are bytes, 256 is EOS) and a minimal chat template. It lets tests run the whole pipeline in seconds with
+no download; its outputs are meaningless but losslessness holds for any model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from ..data import Prompt, chat_text, load_humaneval, load_mtbench, load_prompts
+from .config import DatasetSpec, EvalConfig, ModelSpec
+
+TINY_NAME = "tiny-random-llama"
+TINY_VOCAB = 257  # 256 bytes + EOS
+TINY_EOS = 256
+_TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer with no merges (encodes any text), EOS id 256 and a minimal chat template."""
+    byte_chars = bytes_to_unicode()
+    vocab = {byte_chars[b]: b for b in range(256)}
+    vocab["<eos>"] = TINY_EOS
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+    tokenizer.chat_template = _TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_random_llama(spec: ModelSpec) -> LlamaForCausalLM:
+    """A tiny Llama over the byte vocabulary, initialised from `spec.seed`."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(spec.seed)
+    config = LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=spec.hidden, intermediate_size=2 * spec.hidden,
+                         num_hidden_layers=spec.layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, bos_token_id=TINY_EOS, eos_token_id=TINY_EOS,
+                         pad_token_id=TINY_EOS, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    torch.random.set_rng_state(generator_state)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(spec.logit_scale)
+    model.generation_config.eos_token_id = TINY_EOS
+    model.generation_config.pad_token_id = TINY_EOS
+    return model
+
+
+def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model and tokenizer a `ModelSpec` names, in eval mode on the CPU."""
+    if spec.name == TINY_NAME:
+        return tiny_random_llama(spec), byte_tokenizer()
+    if spec.name == "smollm2":
+        from ..models import load_smollm2, load_smollm2_tokenizer
+
+        return load_smollm2(), load_smollm2_tokenizer()
+    path = Path(spec.name).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"Unknown model {spec.name!r}: use 'smollm2', '{TINY_NAME}' or a local checkpoint "
+                         "directory (nothing is downloaded from the Hub).")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+@dataclass
+class EvalPrompt:
+    """A prompt with its run-wide id `uid` ("<dataset>/<id>") and its position in the run (for the rotation)."""
+
+    uid: str
+    index: int
+    prompt: Prompt
+
+    @property
+    def dataset(self) -> str:
+        return self.prompt.dataset
+
+    @property
+    def category(self) -> str:
+        return self.prompt.category
+
+
+def _dataset_prompts(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, limit: int | None) -> list[Prompt]:
+    if spec.kind == "humaneval":
+        prompts = load_humaneval(limit=limit, start=spec.start)
+    elif spec.kind == "mtbench":
+        prompts = load_mtbench(spec.categories, limit=limit, tokenizer=tokenizer if spec.chat_template else None)
+    else:
+        prompts = load_prompts(spec.path, text_field=spec.text_field, limit=limit)
+        if spec.chat_template and getattr(tokenizer, "chat_template", None):
+            prompts = [Prompt(p.id, p.dataset, p.category, chat_text(tokenizer, p.text)) for p in prompts]
+    for prompt in prompts:
+        prompt.dataset = spec.name
+    return prompts
+
+
+def load_eval_prompts(config: EvalConfig, tokenizer: PreTrainedTokenizerBase) -> list[EvalPrompt]:
+    """Every prompt of the run, in recipe order; `config.limit` caps each dataset (the tighter limit wins)."""
+    out: list[EvalPrompt] = []
+    for spec in config.datasets:
+        limits = [n for n in (spec.limit, config.limit) if n is not None]
+        for prompt in _dataset_prompts(spec, tokenizer, min(limits) if limits else None):
+            out.append(EvalPrompt(uid=f"{spec.name}/{prompt.id}", index=len(out), prompt=prompt))
+    uids = [p.uid for p in out]
+    if len(set(uids)) != len(uids):
+        raise ValueError("Two prompts share an id; give the datasets distinct `name:`s.")
+    return out
