@@ -11,6 +11,10 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import hf_specdec  # noqa: F401  (installs the generate hook)
 
+# Tiny models gain nothing from a second thread, and an OpenMP barrier waiting on a busy core makes each op ~100x
+# slower on a loaded 2-core machine.
+torch.set_num_threads(1)
+
 VOCAB = 97
 EOS = 1
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..strategies.ngram import find_continuation
+from ..strategies.ngram import match_suffix
 from .config import EvalConfig, MethodSpec, SamplingTestSpec
 from .loading import EvalPrompt
 from .methods import MethodFactory
@@ -78,7 +78,7 @@ def draw_samples(model: PreTrainedModel, prefix_ids: torch.LongTensor, factory: 
 
 def _suffix_seen(tokens: list[int], size: int) -> bool:
     """True when the last `size` tokens also occur together earlier in `tokens` (an n-gram drafter then drafts)."""
-    return len(tokens) > size and find_continuation(torch.tensor(tokens), size, 1) is not None
+    return len(tokens) > size and match_suffix(torch.tensor(tokens), size) is not None
 
 
 def cut_point(context: list[int], output: list[int], window: int) -> int:
