@@ -133,7 +133,10 @@ def training_sequences(model, tokenizer, cfg: dict, cache: Path, seed: int) -> l
 def hidden_states(model, sequences: list[list[int]], path: Path) -> list[torch.Tensor]:
     """Last hidden state `[L, H]` (float16) of each sequence, computed once and cached in `path`."""
     if path.exists():
-        return torch.load(path)
+        states = torch.load(path)
+        if [s.shape[0] for s in states] == [len(ids) for ids in sequences]:
+            return states
+        print(f"{path} holds other sequences (the data settings changed): recomputing")
     states = []
     for ids in tqdm(sequences, desc="target hidden states"):
         out = model(torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1)

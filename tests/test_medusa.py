@@ -10,6 +10,7 @@ import hf_specdec
 from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig, medusa_labels, medusa_loss
 
 NUM_PROMPTS = 20
+NEW_TOKENS = 20
 
 
 def make_heads(model, num_heads=4, seed=None, separate=False) -> MedusaHeads:
@@ -83,7 +84,7 @@ def test_config_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def plain_outputs(tiny_llama):
-    return [tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=30, do_sample=False)
+    return [tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=NEW_TOKENS, do_sample=False)
             for seed in range(NUM_PROMPTS)]
 
 
@@ -93,11 +94,11 @@ def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed
     strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=head_seed), tree=tree)
     steps = 0
     for seed, expected in enumerate(plain_outputs):
-        actual = tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=30, do_sample=False,
+        actual = tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=NEW_TOKENS, do_sample=False,
                                      assistant_model=strategy)
         assert torch.equal(actual, expected), f"tree={tree} differs on prompt {seed}"
         steps += strategy.last_stats.verify_steps
-    assert steps < NUM_PROMPTS * 29  # some drafts were accepted
+    assert steps < NUM_PROMPTS * (NEW_TOKENS - 1)  # some drafts were accepted
 
 
 def test_tree_respects_eos_max_length_and_processors(tiny_llama):
@@ -154,3 +155,22 @@ def test_self_consistent_heads_accept_whole_tree_paths():
     actual = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, assistant_model=strategy)
     assert torch.equal(actual, expected)
     assert strategy.last_stats.mean_accepted_length > 4.0
+
+
+@pytest.mark.slow
+def test_committed_heads_on_the_real_model():
+    """The heads shipped in heads/medusa-smollm2-135m load, fit the real target, and keep greedy output exact."""
+    from pathlib import Path
+
+    from hf_specdec.data import load_humaneval
+    from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
+
+    model, tokenizer = load_smollm2(), load_smollm2_tokenizer()
+    heads = MedusaHeads.from_pretrained(Path(__file__).resolve().parents[1] / "heads" / "medusa-smollm2-135m")
+    prompt = tokenizer(load_humaneval(limit=1)[0].text, return_tensors="pt").input_ids
+    expected = model.generate(prompt, max_new_tokens=32, do_sample=False)
+    for tree in (None, "default"):
+        strategy = hf_specdec.MedusaStrategy(heads, tree=tree)
+        assert torch.equal(model.generate(prompt, max_new_tokens=32, do_sample=False, assistant_model=strategy),
+                           expected)
+        assert strategy.last_stats.mean_accepted_length > 1.2

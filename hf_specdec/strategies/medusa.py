@@ -13,11 +13,11 @@ import torch
 
 from ..config import StrategyConfig, register_config
 from ..medusa_heads import MedusaHeads
-from ..tree import DEFAULT_TREE, TokenTree, build_tree, tree_tokens
+from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, build_tree, tree_tokens
 from ..tree_decoding import TreeDraft
 from .base import Draft, SpeculativeStrategy
 
-TREES = {"default": DEFAULT_TREE}
+TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
 
 
 @register_config
@@ -29,7 +29,7 @@ class MedusaConfig(StrategyConfig):
         default=4, metadata={"help": "Heads used per step (draft depth); capped at the number of heads."})
     tree: str | list[list[int]] | None = field(
         default="default",
-        metadata={"help": "Candidate tree: 'default', a list of choice paths (e.g. [[0], [1], [0, 0]]: ranks in "
+        metadata={"help": "Candidate tree: 'default' (11 nodes), 'large' (23 nodes), a list of choice paths (e.g. [[0], [1], [0, 0]]: ranks in "
                           "each head's top-k), or None for a single top-1 chain."},
     )
 
