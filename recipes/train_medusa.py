@@ -196,6 +196,20 @@ def evaluate(heads, lm_weight, hidden, labels, chunk: int = 512) -> list[float]:
     return (hits / counts.clamp_min(1)).tolist()
 
 
+@torch.no_grad()
+def rank_accuracy(heads, lm_weight, hidden, labels, ranks: int = 4, chunk: int = 512) -> list[list[float]]:
+    """accuracy[k][r]: how often head k + 1's rank-r token is right (input to `tree.paths_from_accuracy`)."""
+    hits = torch.zeros(heads.num_heads, ranks)
+    counts = torch.zeros(heads.num_heads, 1)
+    for start in range(0, hidden.shape[0], chunk):
+        y = labels[start : start + chunk]
+        top = head_logits(heads, lm_weight, hidden[start : start + chunk].float(), None).topk(ranks, -1).indices
+        valid = y != -100  # [n, K]
+        hits += ((top == y[..., None]) & valid[..., None]).sum(0)
+        counts += valid.sum(0)[:, None]
+    return (hits / counts.clamp_min(1)).tolist()
+
+
 def base_accuracy(lm_weight, hidden, labels, chunk: int = 512) -> list[float]:
     """Accuracy of the untrained (identity) heads: the base next-token prediction used k positions too early."""
     heads = MedusaHeads(MedusaHeadsConfig(lm_weight.shape[1], lm_weight.shape[0], labels.shape[1]))
@@ -299,7 +313,8 @@ def main() -> None:
     t1 = time.time()
     train(cfg, heads, lm_weight, train_set, heldout_set, args.out, log)
     top1 = evaluate(heads, lm_weight, *heldout_set)
-    log({"event": "final", "heldout_top1": top1, "train_seconds": round(time.time() - t1, 1)})
+    log({"event": "final", "heldout_top1": top1, "train_seconds": round(time.time() - t1, 1),
+         "heldout_rank_accuracy": rank_accuracy(heads, lm_weight, *heldout_set)})
     heads.save_pretrained(args.out)
     (args.out / "recipe.yaml").write_text(args.config.read_text())
     print(f"saved heads to {args.out}")

@@ -14,6 +14,7 @@ from hf_specdec.tree import (
     build_tree,
     chain_tree,
     greedy_tree_verify,
+    paths_from_accuracy,
     sampling_tree_verify,
     tree_attention_mask,
     tree_position_ids,
@@ -153,3 +154,10 @@ def test_sampling_tree_verify_handles_certain_and_impossible_children():
     p[1:, 5] = 1.0
     path, nxt = sampling_tree_verify(tree, nodes, p, generator=torch.Generator().manual_seed(0))
     assert path == [1] and nxt == 5
+
+
+def test_paths_from_accuracy_picks_the_likeliest_prefix_closed_paths():
+    accuracy = [[0.6, 0.2, 0.1], [0.5, 0.2, 0.1]]
+    paths = paths_from_accuracy(accuracy, 4)
+    assert paths == [(0,), (0, 0), (1,), (0, 1)]  # 0.6, 0.3, 0.2, 0.12
+    assert build_tree(paths).num_nodes == 4
