@@ -5,12 +5,15 @@ Importing the package installs the generate hook (see `hf_specdec.hook`); plain 
 
 from . import hook
 from .config import StrategyConfig
+from .medusa_heads import MedusaHeads, MedusaHeadsConfig
 from .stats import GenerationStats, StepEvent
 from .strategies import (
     STRATEGIES,
     Draft,
     DraftModelConfig,
     DraftModelStrategy,
+    MedusaConfig,
+    MedusaStrategy,
     NASDConfig,
     NASDStrategy,
     NGramConfig,
@@ -29,6 +32,10 @@ __all__ = [
     "DraftModelConfig",
     "DraftModelStrategy",
     "GenerationStats",
+    "MedusaConfig",
+    "MedusaHeads",
+    "MedusaHeadsConfig",
+    "MedusaStrategy",
     "NASDConfig",
     "NASDStrategy",
     "NGramConfig",

@@ -25,6 +25,7 @@ from .compat import CACHE_KWARG
 from .config import StrategyConfig
 from .stats import GenerationStats, StepEvent
 from .strategies.base import Draft, SpeculativeStrategy
+from .tree_decoding import tree_step
 from .verify import greedy_verify, speculative_sampling_verify, typical_acceptance_verify
 
 # (draft_tokens [k], target_scores [k + 1, V], draft_probs [k, V] | None) -> (num_accepted, next_token)
@@ -95,6 +96,9 @@ def _speculative_step(model, strategy, input_ids, cache, logits_processor, stopp
 
     t0 = time.perf_counter()
     draft = strategy.propose(input_ids, max_draft) if max_draft > 0 else Draft.empty()
+    if draft.tree is not None:  # tree drafts (Medusa): one forward over all candidates, see tree_decoding.py
+        return tree_step(model, strategy, draft, input_ids, cache, logits_processor, stopping_criteria,
+                         generation_config, stats, record, streamer, time.perf_counter() - t0)
     draft_tokens = draft.tokens[:max_draft].to(input_ids.device)  # [k]
     t1 = time.perf_counter()
 

@@ -2,11 +2,13 @@
 
 from .base import Draft, SpeculativeStrategy
 from .draft_model import DraftModelConfig, DraftModelStrategy
+from .medusa import MedusaConfig, MedusaStrategy
 from .nasd import NASDConfig, NASDStrategy, NGramStore
 from .ngram import NGramConfig, NGramStrategy
 
 STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
     "draft_model": DraftModelStrategy,
+    "medusa": MedusaStrategy,
     "nasd": NASDStrategy,
     "ngram": NGramStrategy,
 }
@@ -16,6 +18,8 @@ __all__ = [
     "Draft",
     "DraftModelConfig",
     "DraftModelStrategy",
+    "MedusaConfig",
+    "MedusaStrategy",
     "NASDConfig",
     "NASDStrategy",
     "NGramConfig",

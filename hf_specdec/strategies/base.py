@@ -14,6 +14,7 @@ from transformers.generation.candidate_generator import CandidateGenerator
 from ..config import StrategyConfig
 from ..schedules import make_schedule
 from ..stats import GenerationStats, StepEvent
+from ..tree_decoding import TreeDraft
 
 
 @dataclass
@@ -24,11 +25,14 @@ class Draft:
     probs: `[k, V]` the draft distribution q after the target's logits processors, or None for a deterministic
         drafter (verified as a point mass, which is still lossless).
     bucket: drafter-specific label used by the cost gate (e.g. the matched n-gram length).
+    tree: optional `TreeDraft` (Medusa): several candidates verified in one forward with a tree mask; `tokens`
+        is then its top-1 chain (for `get_candidates`).
     """
 
     tokens: torch.LongTensor
     probs: torch.Tensor | None = None
     bucket: int | None = None
+    tree: TreeDraft | None = None
 
     @classmethod
     def empty(cls, device: torch.device | None = None) -> Draft:

@@ -1,0 +1,198 @@
+"""Medusa heads (Cai et al. 2024): K small residual blocks on the target's last hidden state.
+
+Head k (1-based) reads the hidden state that produced token x_{t+1} and predicts x_{t+1+k}. Each head is
+`num_layers` residual blocks `h + SiLU(W h + b)` with W and b zero-initialised, so an untrained head returns h
+unchanged and, through the target's own (frozen, shared) LM head, reproduces the base next-token prediction.
+With `separate_lm_head=True` each head gets its own LM head, initialised from the target's and trained too.
+
+Only the trained weights are saved (`config.json` + `model.safetensors`), like a PEFT adapter; the shared LM head
+is attached at run time from the target (`attach_lm_head`, done by `MedusaStrategy`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class MedusaHeadsConfig:
+    """Shape of a set of Medusa heads; saved as `config.json` next to the weights."""
+
+    hidden_size: int = field(metadata={"help": "Target hidden size (e.g. 576 for SmolLM2-135M)."})
+    vocab_size: int = field(metadata={"help": "Target vocabulary size (e.g. 49152 for SmolLM2-135M)."})
+    num_heads: int = field(default=4, metadata={"help": "K: head k predicts the token k + 1 positions ahead."})
+    num_layers: int = field(default=1, metadata={"help": "Residual blocks per head."})
+    separate_lm_head: bool = field(
+        default=False,
+        metadata={"help": "False: every head projects through the target's own frozen LM head (small files). "
+                          "True: each head has its own trainable LM head (saved with the heads)."},
+    )
+    base_model: str | None = field(default=None, metadata={"help": "Name of the target the heads were trained on."})
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "vocab_size", "num_heads", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"MedusaHeadsConfig.{name} must be an integer >= 1, got {value!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MedusaHeadsConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown keys for MedusaHeadsConfig: {unknown}. Known keys: {sorted(known)}.")
+        return cls(**data)
+
+
+class ResBlock(nn.Module):
+    """`h + SiLU(linear(h))` with a zero-initialised linear: the identity until trained."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.act(self.linear(hidden))
+
+
+class MedusaHeads(nn.Module):
+    """K Medusa heads. `forward(hidden [..., H]) -> logits [..., K, V]` once an LM head is attached."""
+
+    def __init__(self, config: MedusaHeadsConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(
+            nn.Sequential(*(ResBlock(config.hidden_size) for _ in range(config.num_layers)))
+            for _ in range(config.num_heads)
+        )
+        self.lm_heads = (
+            nn.ModuleList(nn.Linear(config.hidden_size, config.vocab_size, bias=False) for _ in range(config.num_heads))
+            if config.separate_lm_head else None
+        )
+        self._shared_lm_head: list[nn.Module] = []  # held in a list so it is not registered (never saved)
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_heads
+
+    def attach_lm_head(self, lm_head: nn.Module) -> MedusaHeads:
+        """Uses the target's LM head (`[H] -> [V]`) for every head; a separate-head set copies it the first time."""
+        weight = lm_head.weight
+        if tuple(weight.shape) != (self.config.vocab_size, self.config.hidden_size):
+            raise ValueError(f"The LM head has shape {list(weight.shape)} but the heads expect "
+                             f"[vocab_size={self.config.vocab_size}, hidden_size={self.config.hidden_size}]; "
+                             "use heads trained for this target.")
+        self._shared_lm_head = [lm_head]
+        return self
+
+    def init_separate_lm_heads(self, lm_head: nn.Module) -> None:
+        """Copies the target's LM head into every separate head (call before training a separate-head set)."""
+        if self.lm_heads is None:
+            raise ValueError("init_separate_lm_heads needs MedusaHeadsConfig(separate_lm_head=True).")
+        with torch.no_grad():
+            for head in self.lm_heads:
+                head.weight.copy_(lm_head.weight)
+
+    def hidden(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The heads' transformed states: `[..., H]` -> `[..., K, H]`."""
+        return torch.stack([block(hidden_states) for block in self.blocks], dim=-2)  # [..., K, H]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`[..., H]` -> logits `[..., K, V]`; logits[..., k - 1, :] predicts the token k + 1 positions ahead."""
+        states = self.hidden(hidden_states)  # [..., K, H]
+        if self.lm_heads is not None:
+            return torch.stack([head(states[..., i, :]) for i, head in enumerate(self.lm_heads)], dim=-2)
+        if not self._shared_lm_head:
+            raise ValueError("No LM head attached: call heads.attach_lm_head(model.get_output_embeddings()) "
+                             "(MedusaStrategy does this for you).")
+        return self._shared_lm_head[0](states)  # [..., K, V]
+
+    # ---- saving and loading, like a PEFT adapter -------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Writes `config.json` and `model.safetensors` (trained weights only) into `save_directory`."""
+        from safetensors.torch import save_file
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> MedusaHeads:
+        """Loads from a local directory first, else downloads `config.json` and the weights from a Hub repo."""
+        from safetensors.torch import load_file
+
+        directory = Path(path_or_repo_id)
+        if directory.is_dir():
+            config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        else:
+            from huggingface_hub import hf_hub_download
+
+            config_path = Path(hf_hub_download(str(path_or_repo_id), CONFIG_FILE, **hub_kwargs))
+            weights_path = Path(hf_hub_download(str(path_or_repo_id), WEIGHTS_FILE, **hub_kwargs))
+        heads = cls(MedusaHeadsConfig.from_dict(json.loads(config_path.read_text())))
+        heads.load_state_dict(load_file(str(weights_path)))
+        return heads.eval()
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload Medusa heads") -> str:
+        """Creates `repo_id` if needed and uploads the config and weights; returns the commit URL."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+        return str(commit)
+
+
+def medusa_loss(logits: torch.Tensor, labels: torch.Tensor, decay: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Medusa-1 loss: sum over heads of decay**k * cross-entropy, and each head's top-1 accuracy.
+
+    logits: `[N, K, V]` head logits at N positions; labels: `[N, K]` the token each head should predict (-100 to
+    ignore). Returns (loss, accuracy `[K]`).
+    """
+    num_heads = logits.shape[1]
+    losses, accuracy = [], []
+    for k in range(num_heads):
+        valid = labels[:, k] != -100  # [N]
+        ce = nn.functional.cross_entropy(logits[:, k], labels[:, k], ignore_index=-100, reduction="sum")
+        losses.append(decay ** (k + 1) * ce / valid.sum().clamp_min(1))
+        hits = (logits[:, k].argmax(-1) == labels[:, k]) & valid
+        accuracy.append(hits.sum() / valid.sum().clamp_min(1))
+    return torch.stack(losses).sum(), torch.stack(accuracy).detach()
+
+
+def medusa_labels(tokens: torch.LongTensor, num_heads: int) -> torch.LongTensor:
+    """Labels for Medusa heads over one sequence: row t, head k (1-based) -> tokens[t + 1 + k], -100 past the end.
+
+    tokens: `[L]` -> `[L, K]`.
+    """
+    length = tokens.shape[0]
+    labels = torch.full((length, num_heads), -100, dtype=torch.long)
+    for k in range(1, num_heads + 1):
+        shift = 1 + k
+        if length > shift:
+            labels[: length - shift, k - 1] = tokens[shift:]
+    return labels

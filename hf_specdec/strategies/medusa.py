@@ -1,0 +1,116 @@
+"""Medusa: K heads on the target's last hidden state draft the next K tokens at almost no cost.
+
+The heads read the hidden state that produced the last emitted token, which the verify forward already computed
+(the loop passes it to `observe`), so drafting spends no extra target forward. Chain mode drafts each head's top-1;
+tree mode drafts each head's top-k arranged in a tree of candidate paths, all verified in ONE target forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import StrategyConfig, register_config
+from ..medusa_heads import MedusaHeads
+from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, build_tree, tree_tokens
+from ..tree_decoding import TreeDraft
+from .base import Draft, SpeculativeStrategy
+
+TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
+
+
+@register_config
+@dataclass
+class MedusaConfig(StrategyConfig):
+    strategy_type = "medusa"
+
+    num_speculative_tokens: int = field(
+        default=4, metadata={"help": "Heads used per step (draft depth); capped at the number of heads."})
+    tree: str | list[list[int]] | None = field(
+        default="default",
+        metadata={"help": "Candidate tree: 'default' (11 nodes), 'large' (23 nodes), a list of choice paths (e.g. [[0], [1], [0, 0]]: ranks in "
+                          "each head's top-k), or None for a single top-1 chain."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schedule == "entropy":
+            raise ValueError("schedule='entropy' is not supported by MedusaStrategy; use 'constant' or 'heuristic'.")
+        if isinstance(self.tree, str) and self.tree not in TREES:
+            raise ValueError(f"Unknown tree {self.tree!r}: use one of {sorted(TREES)}, a list of choice paths, or None.")
+        if isinstance(self.tree, (list, tuple)):
+            self.tree = [list(path) for path in self.tree]
+            build_tree(self.tree)  # validates the paths
+
+
+class MedusaStrategy(SpeculativeStrategy):
+    """Medusa heads as the drafter. `MedusaStrategy(heads, tree="default")` or `tree=None` for a chain.
+
+    Greedy decoding equals plain `generate`; sampling is verified losslessly (point-mass candidates, recursive
+    rejection sampling over the tree); `verification="typical"` is Medusa's LOSSY typical acceptance.
+    """
+
+    config_class = MedusaConfig
+    needs_hidden_states = True
+
+    def __init__(self, heads: MedusaHeads, config: MedusaConfig | None = None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        if not isinstance(heads, MedusaHeads):
+            raise TypeError(f"heads must be MedusaHeads (MedusaHeads.from_pretrained(...)), got {type(heads).__name__}.")
+        self.heads = heads.eval()
+        paths = TREES.get(self.config.tree, self.config.tree) if isinstance(self.config.tree, str) else self.config.tree
+        self._paths = None if paths is None else [tuple(p) for p in paths]
+        self._trees: dict[int, TokenTree] = {}
+        self._hidden: torch.Tensor | None = None
+
+    def begin(self, target, input_ids, generation_config, logits_processor) -> None:
+        super().begin(target, input_ids, generation_config, logits_processor)
+        check_heads_fit(self.heads, target)
+        if self.heads.lm_heads is None:
+            self.heads.attach_lm_head(target.get_output_embeddings())
+        self._hidden = None
+
+    def end(self) -> None:
+        self._hidden = None
+
+    def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
+        super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        self._hidden = None if hidden_states is None else hidden_states[-1]  # [H]: produced the last emitted token
+
+    @torch.no_grad()
+    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
+        if self._hidden is None or depth < 1:
+            return Draft.empty(input_ids.device)
+        tree = None if self._paths is None else self._tree(depth)
+        logits = self._head_logits(self._hidden, depth if tree is None else tree.max_depth)  # [D, V]
+        if tree is None:
+            return Draft(logits.argmax(dim=-1))
+        candidates = logits.topk(tree.max_rank, dim=-1).indices  # [D, k]
+        return Draft(candidates[:, 0], tree=TreeDraft(tree, tree_tokens(tree, candidates)))
+
+    def _head_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
+        """Logits of the first `depth` heads for one hidden state `[H]` -> `[depth, V]`."""
+        hidden = hidden.to(dtype=next(self.heads.parameters()).dtype)
+        states = torch.stack([block(hidden) for block in self.heads.blocks[:depth]])  # [D, H]
+        if self.heads.lm_heads is not None:
+            return torch.stack([head(states[i]) for i, head in enumerate(self.heads.lm_heads[:depth])])
+        return self.heads._shared_lm_head[0](states.to(self.target.dtype)).float()  # [D, V]
+
+    def _tree(self, depth: int) -> TokenTree:
+        if depth not in self._trees:
+            self._trees[depth] = build_tree(self._paths, max_depth=depth)
+        return self._trees[depth]
+
+
+def check_heads_fit(heads: MedusaHeads, target) -> None:
+    """Heads must match the target's hidden size and output vocabulary."""
+    hidden_size = int(target.config.hidden_size)
+    vocab = int(target.get_output_embeddings().weight.shape[0])
+    if heads.config.hidden_size != hidden_size or heads.config.vocab_size != vocab:
+        raise ValueError(
+            f"These Medusa heads were built for hidden_size={heads.config.hidden_size}, vocab_size="
+            f"{heads.config.vocab_size} but the target has hidden_size={hidden_size}, vocab_size={vocab}. "
+            "Load heads trained for this target, or train them with recipes/train_medusa.py."
+        )

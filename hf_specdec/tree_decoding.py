@@ -1,0 +1,106 @@
+"""One speculative step over a tree draft: one target forward, pick the accepted path, keep only it in the cache.
+
+Called by `hf_specdec.decoding._speculative_step` when the strategy's `Draft` carries a `TreeDraft`. The target
+reads [last token, node 0, ..., node N-1] with the tree's 4D mask and position ids; the verifier walks the tree
+(greedy argmax match, lossless recursive rejection sampling, or LOSSY typical acceptance); the accepted path plus
+the target's next token are emitted through the same stopping criteria as a chain; the cache keeps the root and
+the accepted nodes (gathered along the sequence axis), then is cropped like any other step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from .stats import StepEvent
+from .tree import (
+    TokenTree,
+    greedy_tree_verify,
+    sampling_tree_verify,
+    tree_attention_mask,
+    tree_position_ids,
+    typical_tree_verify,
+)
+
+
+@dataclass
+class TreeDraft:
+    """A tree of candidates: its shape and the token at each node (`tokens` `[N]`)."""
+
+    tree: TokenTree
+    tokens: torch.LongTensor
+
+
+def tree_scores(logits_processor, input_ids: torch.LongTensor, tree_draft: TreeDraft, logits: torch.Tensor,
+                ) -> torch.Tensor:
+    """Logits processors applied at every tree row with that row's own prefix (the node's ancestors).
+
+    input_ids: `[1, n]`; logits: `[N + 1, V]` (row 0 = root) -> scores `[N + 1, V]`.
+    """
+    if len(logits_processor) == 0:
+        return logits.clone()
+    rows = [logits_processor(input_ids, logits[:1].clone())]
+    for node in range(tree_draft.tree.num_nodes):
+        path = tree_draft.tokens[tree_draft.tree.ancestors(node)]  # [depth]
+        prefix = torch.cat([input_ids, path[None].to(input_ids.device)], dim=-1)
+        rows.append(logits_processor(prefix, logits[1 + node : 2 + node].clone()))
+    return torch.cat(rows, dim=0)
+
+
+def keep_tree_path(cache: DynamicCache, past_length: int, rows: list[int]) -> None:
+    """Keep the first `past_length` cache positions plus the tree rows `rows` (0 = root), in that order."""
+    index = torch.tensor([past_length + r for r in rows])
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:
+            raise ValueError(f"Tree drafts need full-attention DynamicLayer caches, got {type(layer).__name__}; "
+                             "use a chain instead (MedusaStrategy(heads, tree=None)).")
+        index = index.to(layer.keys.device)
+        layer.keys = torch.cat([layer.keys[..., :past_length, :], layer.keys.index_select(-2, index)], dim=-2)
+        layer.values = torch.cat([layer.values[..., :past_length, :], layer.values.index_select(-2, index)], dim=-2)
+
+
+def verify_tree(config, do_sample: bool, tree_draft: TreeDraft, scores: torch.Tensor) -> tuple[list[int], int]:
+    """Dispatch to the tree verifier the config asks for (see `hf_specdec.tree`)."""
+    if config.verification == "typical":
+        return typical_tree_verify(tree_draft.tree, tree_draft.tokens, scores.softmax(dim=-1),
+                                   config.typical_posterior_threshold, config.typical_posterior_alpha, do_sample)
+    if do_sample:
+        return sampling_tree_verify(tree_draft.tree, tree_draft.tokens, scores.softmax(dim=-1))
+    return greedy_tree_verify(tree_draft.tree, tree_draft.tokens, scores)
+
+
+def tree_step(model, strategy, draft, input_ids, cache, logits_processor, stopping_criteria, generation_config,
+              stats, record, streamer, draft_seconds: float):
+    """The tree counterpart of `decoding._speculative_step`; returns (new input_ids, finished)."""
+    from .decoding import _count_step, _emit, target_forward
+
+    tree_draft: TreeDraft = draft.tree
+    tree, nodes = tree_draft.tree, tree_draft.tokens.to(input_ids.device)  # nodes: [N]
+    past = input_ids.shape[1] - 1
+    t1 = time.perf_counter()
+    verify_ids = torch.cat([input_ids[:, -1:], nodes[None]], dim=-1)  # [1, N + 1]
+    mask = tree_attention_mask(tree.parents, past, dtype=model.dtype).to(input_ids.device)
+    logits, hidden = target_forward(model, verify_ids, cache, past, output_hidden_states=strategy.needs_hidden_states,
+                                    attention_mask=mask,
+                                    position_ids=tree_position_ids(tree.depths, past).to(input_ids.device))
+    scores = tree_scores(logits_processor, input_ids, tree_draft, logits)  # [N + 1, V]
+    path, next_token = verify_tree(strategy.config, bool(generation_config.do_sample), tree_draft, scores)
+    t2 = time.perf_counter()
+
+    rows = [0] + [1 + node for node in path]
+    new_input_ids, finished = _emit(input_ids, nodes[path].tolist() + [next_token], stopping_criteria, stats, streamer)
+    num_emitted = new_input_ids.shape[1] - input_ids.shape[1]
+    keep_tree_path(cache, past, rows)
+    cache.crop(-(cache.get_seq_length() - (new_input_ids.shape[1] - 1)))
+    kept = torch.tensor(rows[:num_emitted], device=logits.device)
+    record.add(scores[kept], logits[kept])
+    strategy.observe(new_input_ids, draft, len(path), scores[kept], t2 - t1, None if hidden is None else hidden[kept])
+    # Stats count the tree's depth as "drafted": acceptance rate = accepted depth / tree depth.
+    _count_step(stats, tree.max_depth, min(len(path), num_emitted), num_emitted, draft_seconds, t2 - t1)
+    event = StepEvent(tuple(nodes[path].tolist()), len(path), tuple(new_input_ids[0, input_ids.shape[1]:].tolist()))
+    for listener in strategy.step_listeners:
+        listener(event)
+    return new_input_ids, finished

