@@ -34,6 +34,10 @@ def make_methods(heads) -> dict:
         "ngram-min2": lambda: {"assistant_model": hf_specdec.NGramStrategy(min_ngram_size=2)},
         "medusa-chain": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree=None)},
         "medusa-tree": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree="default")},
+        "medusa-chain-gated": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree=None,
+                                                                                    min_confidence=0.3)},
+        "medusa-tree-gated": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree="default",
+                                                                                   min_confidence=0.3)},
     }
 
 

@@ -88,10 +88,13 @@ def plain_outputs(tiny_llama):
             for seed in range(NUM_PROMPTS)]
 
 
-@pytest.mark.parametrize(("tree", "head_seed"), [(None, None), ("default", None),
-                                                  ([[0], [1], [0, 0], [1, 0], [0, 1, 0]], 7)])
-def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed):
-    strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=head_seed), tree=tree)
+@pytest.mark.parametrize(("tree", "head_seed", "min_confidence"), [
+    (None, None, 0.0), ("default", None, 0.0), ([[0], [1], [0, 0], [1, 0], [0, 1, 0]], 7, 0.0),
+    (None, None, 0.1), ("large", None, 0.05),
+])
+def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed, min_confidence):
+    strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=head_seed), tree=tree,
+                                         min_confidence=min_confidence)
     steps = 0
     for seed, expected in enumerate(plain_outputs):
         actual = tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=NEW_TOKENS, do_sample=False,
@@ -99,6 +102,17 @@ def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed
         assert torch.equal(actual, expected), f"tree={tree} differs on prompt {seed}"
         steps += strategy.last_stats.verify_steps
     assert steps < NUM_PROMPTS * (NEW_TOKENS - 1)  # some drafts were accepted
+
+
+def test_min_confidence_one_never_drafts(tiny_llama, plain_outputs):
+    for tree in (None, "default"):
+        strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama), tree=tree, min_confidence=1.0)
+        actual = tiny_llama.generate(repetitive_prompt(0), max_new_tokens=NEW_TOKENS, do_sample=False,
+                                     assistant_model=strategy)
+        assert torch.equal(actual, plain_outputs[0])
+        assert strategy.last_stats.drafting_steps == 0
+    with pytest.raises(ValueError, match="min_confidence"):
+        hf_specdec.MedusaConfig(min_confidence=1.5)
 
 
 def test_tree_respects_eos_max_length_and_processors(tiny_llama):

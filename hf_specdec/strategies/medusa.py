@@ -33,8 +33,17 @@ class MedusaConfig(StrategyConfig):
                           "each head's top-k), or None for a single top-1 chain."},
     )
 
+    min_confidence: float = field(
+        default=0.0,
+        metadata={"help": "Keep a drafted token only while its path probability under the heads (product of the "
+                          "heads' softmax along the path) is at least this; when nothing is left the step is a plain "
+                          "decode, cheaper than a multi-token verify. 0 always drafts."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}.")
         if self.schedule == "entropy":
             raise ValueError("schedule='entropy' is not supported by MedusaStrategy; use 'constant' or 'heuristic'.")
         if isinstance(self.tree, str) and self.tree not in TREES:
@@ -85,10 +94,15 @@ class MedusaStrategy(SpeculativeStrategy):
             return Draft.empty(input_ids.device)
         tree = None if self._paths is None else self._tree(depth)
         logits = self._head_logits(self._hidden, depth if tree is None else tree.max_depth)  # [D, V]
+        top = logits.softmax(dim=-1).topk(1 if tree is None else tree.max_rank, dim=-1)  # [D, k]
         if tree is None:
-            return Draft(logits.argmax(dim=-1))
-        candidates = logits.topk(tree.max_rank, dim=-1).indices  # [D, k]
-        return Draft(candidates[:, 0], tree=TreeDraft(tree, tree_tokens(tree, candidates)))
+            confident = top.values[:, 0].cumprod(0) >= self.config.min_confidence  # [D]
+            return Draft(top.indices[: int(confident.to(torch.int64).cumprod(0).sum()), 0])
+        if self.config.min_confidence > 0:
+            tree = confident_subtree(tree, top.values, self.config.min_confidence)
+            if tree is None:
+                return Draft.empty(input_ids.device)
+        return Draft(top.indices[:, 0], tree=TreeDraft(tree, tree_tokens(tree, top.indices)))
 
     def _head_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         """Logits of the first `depth` heads for one hidden state `[H]` -> `[depth, V]`."""
@@ -102,6 +116,18 @@ class MedusaStrategy(SpeculativeStrategy):
         if depth not in self._trees:
             self._trees[depth] = build_tree(self._paths, max_depth=depth)
         return self._trees[depth]
+
+
+def confident_subtree(tree: TokenTree, top_probs: torch.Tensor, min_confidence: float) -> TokenTree | None:
+    """The nodes whose path probability (product of `top_probs[depth - 1, rank]` along the path, `top_probs`
+    `[D, k]`) is at least `min_confidence`, as a tree; None if no node is left. Path probabilities only shrink
+    with depth, so the kept set is closed under prefixes."""
+    node_probs = top_probs[tree.depths - 1, tree.ranks].tolist()  # [N]
+    path_probs: list[float] = []
+    for node, parent in enumerate(tree.parents.tolist()):  # parents precede children
+        path_probs.append(node_probs[node] * (path_probs[parent] if parent >= 0 else 1.0))
+    kept = [path for path, prob in zip(tree.paths, path_probs) if prob >= min_confidence]
+    return build_tree(kept) if kept else None
 
 
 def check_heads_fit(heads: MedusaHeads, target) -> None:
