@@ -5,7 +5,7 @@ first 20 MT-Bench questions of writing/extraction/humanities/roleplay (chat temp
 interleaved per prompt (order rotated) after a warm-up, in one process, so noise hits all alike. Every method's
 output is checked token for token against plain generate.
 
-    python benchmarks/core_benchmark.py                      # full run (~20 min on 2 cores)
+    python benchmarks/core_benchmark.py                      # full run (~17 min on 2 quiet cores)
     python benchmarks/core_benchmark.py --code 3 --prose 3   # quick look
 """
 
