@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -106,11 +107,18 @@ class StrategyConfig:
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload hf_specdec config") -> str:
         """Creates `repo_id` if needed and uploads the JSON config; returns the commit URL."""
-        from huggingface_hub import HfApi
+        return push_folder_to_hub(self.save_pretrained, repo_id, private=private, token=token,
+                                  commit_message=commit_message)
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-        return str(commit)
+
+def push_folder_to_hub(save_pretrained: Callable[[str], Any], repo_id: str, *, private: bool | None,
+                       token: str | None, commit_message: str) -> str:
+    """Creates `repo_id` if needed, writes what `save_pretrained(folder)` saves and uploads it; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(tmp)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    return str(commit)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .config import push_folder_to_hub
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -157,14 +158,8 @@ class MedusaHeads(nn.Module):
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload Medusa heads") -> str:
         """Creates `repo_id` if needed and uploads the config and weights; returns the commit URL."""
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-        return str(commit)
+        return push_folder_to_hub(self.save_pretrained, repo_id, private=private, token=token,
+                                  commit_message=commit_message)
 
 
 def medusa_loss(logits: torch.Tensor, labels: torch.Tensor, decay: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
