@@ -229,17 +229,22 @@ def test_live_view_colours_each_kind_of_token():
     assert text.startswith("A")
 
 
-def test_live_view_without_colours_prints_only_the_reply():
-    tokenizer = char_tokenizer()
-    out = io.StringIO()
-    view = LiveView(Console(file=out, color_system=None), tokenizer, show_rejected=False)
-    view.attach(types.SimpleNamespace(step_listeners=[]))
+def _stream_one_step(view, tokenizer) -> None:
+    """Prompt, prefill token 'A', then a step that drafted 'BCxy', accepted 'BC' and emitted 'BCD'."""
     view.put(torch.tensor([[5]]))
     view.put(torch.tensor([_ids(tokenizer, "A")]))
     emitted = _ids(tokenizer, "BCD")
     view.put(torch.tensor([emitted]))
     view.on_step(StepEvent(tuple(_ids(tokenizer, "BCxy")), 2, tuple(emitted)))
     view.end()
+
+
+def test_live_view_without_colours_prints_only_the_reply():
+    tokenizer = char_tokenizer()
+    out = io.StringIO()
+    view = LiveView(Console(file=out, color_system=None), tokenizer, show_rejected=False)
+    view.attach(types.SimpleNamespace(step_listeners=[]))
+    _stream_one_step(view, tokenizer)
     assert out.getvalue() == "ABCD\n"
 
 
@@ -370,12 +375,7 @@ def test_debug_trace_names_each_part():
     out = io.StringIO()
     view = LiveView(Console(file=out, force_terminal=True, color_system="standard", width=200), tokenizer, debug=True)
     view.speculative = True
-    view.put(torch.tensor([[5]]))
-    view.put(torch.tensor([_ids(tokenizer, "A")]))
-    emitted = _ids(tokenizer, "BCD")
-    view.put(torch.tensor([emitted]))
-    view.on_step(StepEvent(tuple(_ids(tokenizer, "BCxy")), 2, tuple(emitted)))
-    view.end()
+    _stream_one_step(view, tokenizer)
     lines = out.getvalue().splitlines()
     assert lines[0].endswith("'A'") and "prefill" in lines[0]
     assert "drafted  4, accepted  2" in lines[1] and "\x1b[32m'BC'\x1b[0m" in lines[1]
