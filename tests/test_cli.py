@@ -16,11 +16,12 @@ import torch
 from rich.console import Console
 
 from hf_specdec.cli import main
-from hf_specdec.cli_models import TINY_RANDOM, char_tokenizer, load_bundle
+from hf_specdec.cli_models import TINY_RANDOM, load_bundle
 from hf_specdec.live_view import LiveView, RunSummary, TextAssembler, summary_line
 from hf_specdec.repl import COMMANDS, Repl
 from hf_specdec.session import ChatSettings
 from hf_specdec.stats import GenerationStats, StepEvent
+from hf_specdec.tiny_models import char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

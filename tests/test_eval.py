@@ -13,11 +13,12 @@ import hf_specdec.decoding
 from hf_specdec.data import Prompt
 from hf_specdec.eval import main
 from hf_specdec.eval.config import ModelSpec, config_from_dict, load_config
-from hf_specdec.eval.loading import EvalPrompt, byte_tokenizer, tiny_random_llama
+from hf_specdec.eval.loading import EvalPrompt, tiny_target
 from hf_specdec.eval.methods import MethodFactory, skip_reason
 from hf_specdec.eval.metrics import load_metric
 from hf_specdec.eval.runner import RecordStore, first_difference, read_records
 from hf_specdec.eval.sampling_test import run_sampling_test, summarise_sampling
+from hf_specdec.tiny_models import SIMPLE_CHAT_TEMPLATE, byte_tokenizer
 
 PROMPTS = [
     {"id": "code1", "category": "code", "prompt": "for i in range(10):\n    print(i)\nfor j in range(10):\n    print("},
@@ -148,9 +149,9 @@ def test_sampling_test_catches_a_broken_verifier(tmp_path, monkeypatch):
         "methods": [{"name": "plain", "type": "plain"}, {"name": "draft", "type": "draft_model"}],
         "sampling_test": {"enabled": True, "num_samples": 100, "num_tokens": 3}})
     # Sharp target and draft that disagree: accepting every draft makes tokens 2-3 follow the draft, not the target.
-    model = tiny_random_llama(ModelSpec("tiny-random-llama", seed=0, logit_scale=40.0))
-    draft = tiny_random_llama(ModelSpec("tiny-random-llama", seed=1, layers=1, logit_scale=40.0))
-    tokenizer = byte_tokenizer()
+    model = tiny_target(ModelSpec("tiny-random-llama", seed=0, logit_scale=40.0))
+    draft = tiny_target(ModelSpec("tiny-random-llama", seed=1, layers=1, logit_scale=40.0))
+    tokenizer = byte_tokenizer(SIMPLE_CHAT_TEMPLATE)
     prefix = [EvalPrompt("tiny/0", 0, Prompt("0", "tiny", "", PROMPTS[0]["prompt"]))]
     metric = load_metric("distribution_match")
 
@@ -237,7 +238,7 @@ def test_heads_key_loads_heads_for_any_strategy(tmp_path, monkeypatch):
                                             "num_speculative_tokens": 3}]})
     spec = config.methods[1]
     assert skip_reason(spec, config) is None and spec.options == {"num_speculative_tokens": 3}
-    factory = MethodFactory(tiny_random_llama(ModelSpec("tiny-random-llama")))
+    factory = MethodFactory(tiny_target(ModelSpec("tiny-random-llama")))
     strategy = factory.generate_kwargs(spec)["assistant_model"]
     assert isinstance(strategy, FakeHeadsStrategy) and strategy.heads.path == str(tmp_path / "heads")
     assert strategy.config.num_speculative_tokens == 3
@@ -250,7 +251,7 @@ def test_mismatch_reports_position_and_top2_gap(tmp_path):
     from hf_specdec.eval.config import MethodSpec
     from hf_specdec.eval.runner import check_prompt, encode
 
-    model, tokenizer = tiny_random_llama(ModelSpec("tiny-random-llama")), byte_tokenizer()
+    model, tokenizer = tiny_target(ModelSpec("tiny-random-llama")), byte_tokenizer(SIMPLE_CHAT_TEMPLATE)
     prompt = EvalPrompt("tiny/0", 0, Prompt("0", "tiny", "", PROMPTS[1]["prompt"]))
     input_ids = encode(tokenizer, prompt.prompt.text, model.device)
     plain = model.generate(input_ids, max_new_tokens=8, do_sample=False)[0, input_ids.shape[1]:].tolist()

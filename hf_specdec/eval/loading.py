@@ -11,62 +11,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data import Prompt, chat_text, load_humaneval, load_mtbench, load_prompts
+from ..tiny_models import BYTE_EOS, BYTE_VOCAB, SIMPLE_CHAT_TEMPLATE, byte_tokenizer, tiny_random_llama
 from .config import DatasetSpec, EvalConfig, ModelSpec
 
 TINY_NAME = "tiny-random-llama"
-TINY_VOCAB = 257  # 256 bytes + EOS
-TINY_EOS = 256
-_TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-                       "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer with no merges (encodes any text), EOS id 256 and a minimal chat template."""
-    byte_chars = bytes_to_unicode()
-    vocab = {byte_chars[b]: b for b in range(256)}
-    vocab["<eos>"] = TINY_EOS
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
-    tokenizer.chat_template = _TINY_CHAT_TEMPLATE
-    return tokenizer
-
-
-def tiny_random_llama(spec: ModelSpec) -> LlamaForCausalLM:
-    """A tiny Llama over the byte vocabulary, initialised from `spec.seed`."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(spec.seed)
-    config = LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=spec.hidden, intermediate_size=2 * spec.hidden,
-                         num_hidden_layers=spec.layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, bos_token_id=TINY_EOS, eos_token_id=TINY_EOS,
-                         pad_token_id=TINY_EOS, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).eval()
-    torch.random.set_rng_state(generator_state)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(spec.logit_scale)
-    model.generation_config.eos_token_id = TINY_EOS
-    model.generation_config.pad_token_id = TINY_EOS
-    return model
+def tiny_target(spec: ModelSpec) -> LlamaForCausalLM:
+    """The `tiny-random-llama` model a spec describes, over `byte_tokenizer`'s ids."""
+    return tiny_random_llama(BYTE_VOCAB, eos_token_id=BYTE_EOS, pad_token_id=BYTE_EOS, bos_token_id=BYTE_EOS,
+                             layers=spec.layers, hidden=spec.hidden, seed=spec.seed, logit_scale=spec.logit_scale)
 
 
 def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model and tokenizer a `ModelSpec` names, in eval mode on the CPU."""
     if spec.name == TINY_NAME:
-        return tiny_random_llama(spec), byte_tokenizer()
+        return tiny_target(spec), byte_tokenizer(SIMPLE_CHAT_TEMPLATE)
     if spec.name == "smollm2":
         from ..models import load_smollm2, load_smollm2_tokenizer
 

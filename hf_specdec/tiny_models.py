@@ -1,0 +1,65 @@
+"""Tiny randomly initialised Llama models and offline tokenizers, built in memory in well under a second.
+
+Losslessness holds for any model, so the tests, the CLI's `tiny-random` model and the eval suite's
+`tiny-random-llama` target all use these: nothing is downloaded, and the outputs are meaningless on purpose.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+BYTE_EOS = 256  # byte_tokenizer: ids 0..255 are bytes, 256 is EOS
+BYTE_VOCAB = 257
+CHAR_EOS = 1  # char_tokenizer: 0 is <unk>, 1 is EOS, then printable ASCII and newline
+CHAR_VOCAB = 98
+SIMPLE_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def tiny_random_llama(vocab_size: int, *, eos_token_id: int | None, pad_token_id: int, bos_token_id: int,
+                      layers: int = 2, hidden: int = 32, seed: int = 0, logit_scale: float = 1.0,
+                      max_positions: int = 2048) -> LlamaForCausalLM:
+    """A random Llama in eval mode, initialised from `seed` without disturbing the global RNG.
+
+    `logit_scale` sharpens (>1) or flattens (<1) its output distribution. The pad id matters for the weights (its
+    embedding row starts at zero), so callers pass it explicitly.
+    """
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=max_positions, bos_token_id=bos_token_id,
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    torch.random.set_rng_state(generator_state)
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(logit_scale)
+    model.generation_config.eos_token_id = eos_token_id
+    model.generation_config.pad_token_id = pad_token_id
+    return model
+
+
+def byte_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast:
+    """GPT-2 style byte-level tokenizer with no merges: encodes any text, so stop strings work with it."""
+    byte_chars = bytes_to_unicode()
+    vocab = {byte_chars[b]: b for b in range(256)}
+    vocab["<eos>"] = BYTE_EOS
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character (and newline); 0 is <unk>, 1 is <eos>. 98 ids."""
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {"<unk>": 0, "<eos>": CHAR_EOS, **{c: i + 2 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>")

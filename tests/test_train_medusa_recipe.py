@@ -1,0 +1,66 @@
+"""The Medusa training recipe's data pieces: batched greedy generation with hidden states, label masking of
+prompts, and the template prompts."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import EOS, make_llama
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("train_medusa_recipe", RECIPES / "train_medusa.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def left_padded(prompts: list[list[int]], pad: int = 0) -> tuple[torch.LongTensor, torch.LongTensor]:
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def test_greedy_with_hidden_matches_plain_generate_row_by_row(recipe):
+    model = make_llama(seed=3)
+    prompts = [[5, 9, 13, 2, 7, 40, 41], [8, 3], [60, 61, 62, 63]]
+    ids, mask = left_padded(prompts)
+    new_tokens, hidden = recipe.greedy_with_hidden(model, ids, mask, max_new_tokens=12, eos_token_id=EOS)
+    assert hidden.shape[:2] == (3, ids.shape[1] + new_tokens.shape[1] - 1)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+        got = new_tokens[row].tolist()[: len(alone)]
+        assert got == alone, f"row {row}"
+        # The hidden state that produced the first new token is the prompt's last one, as a plain forward gives.
+        reference = model.model(torch.tensor([prompt])).last_hidden_state[0, -1]
+        torch.testing.assert_close(hidden[row, ids.shape[1] - 1], reference, rtol=1e-4, atol=1e-4)
+
+
+def test_position_table_never_trains_on_prompt_labels(recipe):
+    ids = list(range(10, 20))  # 4 prompt tokens, then 6 written by the target
+    sequence = recipe.TrainingSequence(ids=ids, prompt_len=4, hidden=torch.arange(9.0)[:, None].repeat(1, 3))
+    hidden, labels = recipe.position_table([sequence], [0], num_heads=2)
+    # Row t's head k predicts ids[t + 1 + k]; a label in the prompt (index < 4) is dropped.
+    assert (labels[labels != -100] >= 14).all()
+    assert hidden[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]  # rows whose head-1 label is the target's
+    assert labels[0].tolist() == [14, 15] and labels[-1].tolist() == [19, -100]
+
+
+def test_template_prompts_are_distinct_filled_and_seeded(recipe):
+    parts = yaml.safe_load((RECIPES / "medusa" / "prose_prompt_parts.yaml").read_text())
+    prompts = recipe.template_prompts(parts, 120, seed=0)
+    assert len(prompts) == len(set(prompts)) == 120
+    assert not any("{" in p or "}" in p for p in prompts)
+    assert prompts == recipe.template_prompts(parts, 120, seed=0)
+    assert prompts != recipe.template_prompts(parts, 120, seed=1)
