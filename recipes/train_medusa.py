@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import math
 import random
@@ -168,9 +169,12 @@ def self_distill(model, tokenizer, prompts: list[str], max_new_tokens: int, batc
     prompts = sorted(prompts, key=lambda text: len(tokenizer(text).input_ids))
     sequences: list[TrainingSequence] = []
     for number, start in enumerate(tqdm(range(0, len(prompts), batch_size), desc=f"self-distill {name}")):
-        path = cache / f"selfdistill_{name}_{number:04d}.pt"
+        texts = prompts[start : start + batch_size]
+        # The file name carries a digest of the batch, so changed data settings never reuse a stale batch.
+        digest = hashlib.sha1(json.dumps([texts, max_new_tokens]).encode()).hexdigest()[:12]
+        path = cache / f"selfdistill_{name}_{number:04d}_{digest}.pt"
         if not path.exists():
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            batch = tokenizer(texts, return_tensors="pt", padding=True)
             new_tokens, hidden = greedy_with_hidden(model, batch.input_ids, batch.attention_mask, max_new_tokens, eos)
             rows = []
             for b in range(new_tokens.shape[0]):
