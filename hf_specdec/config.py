@@ -20,6 +20,14 @@ VERIFICATIONS = ("auto", "greedy", "speculative_sampling", "typical")
 CONFIG_REGISTRY: dict[str, type[StrategyConfig]] = {}
 
 
+def reject_unknown_keys(cls: type, data: dict[str, Any], owner: str) -> None:
+    """Raises ValueError if `data` has keys that are not fields of dataclass `cls`, listing the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown keys for {owner}: {unknown}. Known keys: {sorted(known)}.")
+
+
 def register_config(cls: type[StrategyConfig]) -> type[StrategyConfig]:
     """Class decorator: lets `StrategyConfig.from_pretrained` rebuild the right subclass from its JSON."""
     CONFIG_REGISTRY[cls.strategy_type] = cls
@@ -86,10 +94,7 @@ class StrategyConfig:
             raise ValueError(f"Unknown strategy_type {strategy_type!r}; known: {sorted(CONFIG_REGISTRY)}.")
         if cls is not StrategyConfig and not issubclass(target_cls, cls):
             raise ValueError(f"This config is for strategy {strategy_type!r}, not {cls.strategy_type!r}.")
-        known = {f.name for f in dataclasses.fields(target_cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown keys for {target_cls.__name__}: {unknown}. Known keys: {sorted(known)}.")
+        reject_unknown_keys(target_cls, data, target_cls.__name__)
         return target_cls(**data)
 
     @classmethod

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import push_folder_to_hub
+from .config import push_folder_to_hub, reject_unknown_keys
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -53,10 +53,7 @@ class MedusaHeadsConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MedusaHeadsConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown keys for MedusaHeadsConfig: {unknown}. Known keys: {sorted(known)}.")
+        reject_unknown_keys(cls, data, cls.__name__)
         return cls(**data)
 
 

@@ -180,9 +180,9 @@ def test_metrics_load_offline_from_local_folders():
 def test_recipe_errors_are_clear(tmp_path):
     base = {"target": "tiny-random-llama", "datasets": [{"kind": "jsonl", "path": "p.jsonl"}],
             "methods": [{"name": "plain", "type": "plain"}]}
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="Unknown keys for decoding"):
         config_from_dict({**base, "decoding": {"max_tokens": 3}})
-    with pytest.raises(ValueError, match="Unknown top-level keys"):
+    with pytest.raises(ValueError, match="Unknown keys for the recipe's top level"):
         config_from_dict({**base, "modle": "x"})
     with pytest.raises(ValueError, match="type 'plain'"):
         config_from_dict({**base, "methods": [{"name": "ngram", "type": "ngram"}]})

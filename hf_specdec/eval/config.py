@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from ..config import reject_unknown_keys
+
 BUILTIN_TYPES = ("plain", "prompt_lookup", "assistant")
 DATASET_KINDS = ("humaneval", "mtbench", "jsonl")
 
@@ -167,19 +169,13 @@ def _build(cls: type, data: Any, where: str) -> Any:
         return ModelSpec(name=data)
     if not isinstance(data, dict):
         raise TypeError(f"{where}: expected a mapping, got {data!r}.")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}.")
+    reject_unknown_keys(cls, data, where)
     return cls(**data)
 
 
 def config_from_dict(data: dict[str, Any]) -> EvalConfig:
     data = dict(data)
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"Unknown top-level keys {unknown}; known keys: {sorted(known)}.")
+    reject_unknown_keys(EvalConfig, data, "the recipe's top level")
     for key in ("target", "datasets", "methods"):
         if key not in data:
             raise ValueError(f"The recipe needs `{key}:`.")
