@@ -12,6 +12,7 @@ each head's top-1 accuracy on the target's own greedy outputs for these prompts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,14 +27,29 @@ from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
 DEFAULT_HEADS = Path(__file__).resolve().parents[1] / "heads" / "medusa-smollm2-135m"
 
 
+def full_vocab_copy(heads: hf_specdec.MedusaHeads) -> hf_specdec.MedusaHeads:
+    """The same heads drafting over the whole vocabulary (measures what `draft_vocab_size` saves)."""
+    copy = hf_specdec.MedusaHeads(dataclasses.replace(heads.config, draft_vocab_size=None))
+    copy.load_state_dict({k: v for k, v in heads.state_dict().items() if k != "draft_token_ids"})
+    return copy.eval()
+
+
 def make_methods(heads) -> dict:
     """name -> kwargs factory for generate (a fresh strategy per call keeps prompts independent)."""
+    full = full_vocab_copy(heads)
     return {
         "plain": dict,
         "ngram": lambda: {"assistant_model": hf_specdec.NGramStrategy()},
         "ngram-min2": lambda: {"assistant_model": hf_specdec.NGramStrategy(min_ngram_size=2)},
         "medusa-chain": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree=None)},
         "medusa-tree": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree="default")},
+        # Prompt lookup first (matches of 2-4 tokens, up to 10 drafted), the heads on steps without a match.
+        "medusa-chain+lookup": lambda: {"assistant_model": hf_specdec.MedusaStrategy(
+            heads, tree=None, lookup_min_ngram=2, num_speculative_tokens=10)},
+        "medusa-tree+lookup": lambda: {"assistant_model": hf_specdec.MedusaStrategy(
+            heads, tree="default", lookup_min_ngram=2, num_speculative_tokens=10)},
+        "medusa-chain-full-vocab": lambda: {"assistant_model": hf_specdec.MedusaStrategy(full, tree=None)},
+        "medusa-tree-full-vocab": lambda: {"assistant_model": hf_specdec.MedusaStrategy(full, tree="default")},
         "medusa-chain-gated": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree=None,
                                                                                     min_confidence=0.3)},
         "medusa-tree-gated": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree="default",
@@ -63,7 +79,7 @@ def print_report(title: str, summary: dict) -> None:
     ngram = [m for m in summary if m.startswith("ngram")]
     if ngram:
         best = min(ngram, key=lambda m: summary[m]["wall_s"])
-        for method in ("medusa-chain", "medusa-tree"):
+        for method in [m for m in summary if m.startswith("medusa")]:
             if method in summary:
                 print(f"{method} vs best n-gram ({best}): {summary[best]['wall_s'] / summary[method]['wall_s']:.2f}x")
     print("per-head top-1 on plain greedy outputs: "

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .config import push_folder_to_hub, reject_unknown_keys
+from .cpu_speedups import CpuLinear, optimize_for_cpu
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,12 +42,23 @@ class MedusaHeadsConfig:
                           "True: each head has its own trainable LM head (saved with the heads)."},
     )
     base_model: str | None = field(default=None, metadata={"help": "Name of the target the heads were trained on."})
+    draft_vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "Draft only from this many token ids (saved with the weights as `draft_token_ids`, set by "
+                          "`restrict_draft_vocab`: e.g. the tokens seen in training). Fewer LM-head rows make "
+                          "drafting cheaper and cannot change outputs, since the target verifies every draft. "
+                          "None: the full vocabulary."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "vocab_size", "num_heads", "num_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"MedusaHeadsConfig.{name} must be an integer >= 1, got {value!r}.")
+        if self.draft_vocab_size is not None and not (isinstance(self.draft_vocab_size, int)
+                                                      and 1 <= self.draft_vocab_size <= self.vocab_size):
+            raise ValueError(f"MedusaHeadsConfig.draft_vocab_size must be None or an integer in [1, vocab_size="
+                             f"{self.vocab_size}], got {self.draft_vocab_size!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,6 +98,9 @@ class MedusaHeads(nn.Module):
             if config.separate_lm_head else None
         )
         self._shared_lm_head: list[nn.Module] = []  # held in a list so it is not registered (never saved)
+        size = config.draft_vocab_size
+        self.register_buffer("draft_token_ids", None if size is None else torch.zeros(size, dtype=torch.long))
+        self._draft_projections: list[nn.Module] | None = None  # drafting LM head(s), built on first use
 
     @property
     def num_heads(self) -> int:
@@ -99,7 +114,22 @@ class MedusaHeads(nn.Module):
                              f"[vocab_size={self.config.vocab_size}, hidden_size={self.config.hidden_size}]; "
                              "use heads trained for this target.")
         self._shared_lm_head = [lm_head]
+        self._draft_projections = None
         return self
+
+    def restrict_draft_vocab(self, token_ids: torch.Tensor) -> MedusaHeads:
+        """Draft only from `token_ids` from now on (saved with the heads); see `MedusaHeadsConfig.draft_vocab_size`."""
+        ids = torch.unique(torch.as_tensor(token_ids, dtype=torch.long))
+        if ids.numel() == 0 or int(ids[0]) < 0 or int(ids[-1]) >= self.config.vocab_size:
+            raise ValueError(f"Draft token ids must be a non-empty set in [0, {self.config.vocab_size}).")
+        self.config = dataclasses.replace(self.config, draft_vocab_size=ids.numel())
+        self.draft_token_ids = ids
+        self._draft_projections = None
+        return self
+
+    def train(self, mode: bool = True) -> MedusaHeads:
+        self._draft_projections = None  # weights may change while training: rebuild the drafting rows afterwards
+        return super().train(mode)
 
     def init_separate_lm_heads(self, lm_head: nn.Module) -> None:
         """Copies the target's LM head into every separate head (call before training a separate-head set)."""
@@ -122,6 +152,31 @@ class MedusaHeads(nn.Module):
             raise ValueError("No LM head attached: call heads.attach_lm_head(model.get_output_embeddings()) "
                              "(MedusaStrategy does this for you).")
         return self._shared_lm_head[0](states)  # [..., K, V]
+
+    @torch.no_grad()
+    def draft_logits(self, hidden_state: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of the first `depth` heads for one hidden state `[H]` over the draft vocabulary.
+
+        Returns (`[depth, V']` float32, the token id of each column `[V']`, or None when V' is the full vocabulary).
+        """
+        states = torch.stack([block(hidden_state) for block in self.blocks[:depth]])  # [D, H]
+        projections = self._drafting_projections()
+        if self.lm_heads is None:  # the shared LM head: one product for every head
+            logits = projections[0](states.to(projections[0].weight.dtype))
+        else:
+            logits = torch.stack([head(states[i].to(head.weight.dtype)) for i, head in enumerate(projections[:depth])])
+        return logits.float(), self.draft_token_ids
+
+    def _drafting_projections(self) -> list[nn.Module]:
+        """The LM head(s) used for drafting: the shared one or one per head, cut to the draft vocabulary's rows."""
+        if self._draft_projections is None:
+            heads = list(self.lm_heads) if self.lm_heads is not None else self._shared_lm_head
+            if not heads:
+                raise ValueError("No LM head attached: call heads.attach_lm_head(model.get_output_embeddings()) "
+                                 "(MedusaStrategy does this for you).")
+            ids = self.draft_token_ids
+            self._draft_projections = heads if ids is None else [output_rows(head, ids) for head in heads]
+        return self._draft_projections
 
     # ---- saving and loading, like a PEFT adapter -------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
@@ -188,3 +243,20 @@ def medusa_labels(tokens: torch.LongTensor, num_heads: int) -> torch.LongTensor:
         if length > shift:
             labels[: length - shift, k - 1] = tokens[shift:]
     return labels
+
+
+@torch.no_grad()
+def output_rows(linear: nn.Linear, ids: torch.LongTensor) -> nn.Linear:
+    """A frozen copy of `linear` that computes only the outputs `ids` (CPU-optimized if `linear` is).
+
+    Reading V' rows of an LM head instead of all V is what makes drafting over a smaller vocabulary cheaper.
+    """
+    weight = linear.weight.detach()
+    rows = nn.Linear(linear.in_features, ids.numel(), bias=linear.bias is not None, device=weight.device,
+                     dtype=weight.dtype)
+    ids = ids.to(weight.device)
+    rows.weight.copy_(weight[ids])
+    if linear.bias is not None:
+        rows.bias.copy_(linear.bias.detach()[ids])
+    rows.requires_grad_(False)
+    return optimize_for_cpu(rows) if isinstance(linear, CpuLinear) else rows

@@ -51,15 +51,19 @@ def tree_scores(logits_processor, input_ids: torch.LongTensor, tree_draft: TreeD
 
 
 def keep_tree_path(cache: DynamicCache, past_length: int, rows: list[int]) -> None:
-    """Keep the first `past_length` cache positions plus the tree rows `rows` (0 = root), in that order."""
+    """Keep the first `past_length` cache positions plus the tree rows `rows` (0 = root; ascending, as along a path)."""
     index = torch.tensor([past_length + r for r in rows])
     for layer in cache.layers:
         if type(layer) is not DynamicLayer:
             raise ValueError(f"Tree drafts need full-attention DynamicLayer caches, got {type(layer).__name__}; "
                              "use a chain instead (MedusaStrategy(heads, tree=None)).")
         index = index.to(layer.keys.device)
-        layer.keys = torch.cat([layer.keys[..., :past_length, :], layer.keys.index_select(-2, index)], dim=-2)
-        layer.values = torch.cat([layer.values[..., :past_length, :], layer.values.index_select(-2, index)], dim=-2)
+        end = past_length + len(rows)
+        # Rows only move towards the front (rows are ascending), so the kept ones are gathered, written over the
+        # tree's slots in place and the rest is sliced off: no copy of the whole cache per step.
+        layer.keys[..., past_length:end, :] = layer.keys.index_select(-2, index)
+        layer.values[..., past_length:end, :] = layer.values.index_select(-2, index)
+        layer.keys, layer.values = layer.keys[..., :end, :], layer.values[..., :end, :]
 
 
 def verify_tree(config, do_sample: bool, tree_draft: TreeDraft, scores: torch.Tensor) -> tuple[list[int], int]:

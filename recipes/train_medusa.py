@@ -213,7 +213,7 @@ def training_sequences(model, tokenizer, cfg: dict, cache: Path, seed: int) -> l
     sequences = [TrainingSequence(ids, 0, hidden)
                  for ids, hidden in zip(chunks, hidden_states(model, chunks, cache / "stdlib_hidden_states.pt"))]
     print(f"stdlib code: {len(sequences)} chunks, {sum(map(len, chunks))} tokens")
-    for name, prompts in (("code", code_prompts(data["code_prompts"], seed)),
+    for name, prompts in (("code", code_prompts(data["code_prompts"], seed, data.get("code_prompts_per_file", 3))),
                           ("prose", prose_prompts(tokenizer, data["prose_prompts"], seed))):
         generated = self_distill(model, tokenizer, prompts, data["max_new_tokens"], data["gen_batch_size"], cache,
                                  name)
@@ -301,7 +301,9 @@ def base_accuracy(lm_weight, hidden, labels, chunk: int = 512) -> list[float]:
     return evaluate(heads, lm_weight, hidden, labels, chunk)
 
 
-def train(cfg: dict, heads: MedusaHeads, lm_weight: torch.Tensor, train_set, heldout_set, out: Path, log) -> None:
+def train(cfg: dict, heads: MedusaHeads, lm_weight: torch.Tensor, train_set, heldout_set, out: Path, log,
+          ) -> torch.Tensor | None:
+    """Trains `heads` in place; returns the loss vocabulary (token ids) with `loss_vocab: seen`, else None."""
     tc = cfg["train"]
     accelerator = Accelerator(gradient_accumulation_steps=tc["grad_accum"])
     hidden, labels = train_set
@@ -350,6 +352,7 @@ def train(cfg: dict, heads: MedusaHeads, lm_weight: torch.Tensor, train_set, hel
             accelerator.save_state(str(checkpoint))
             (checkpoint / "step.json").write_text(json.dumps({"step": step}))
     bar.close()
+    return vocab_index
 
 
 def main() -> None:
@@ -395,7 +398,9 @@ def main() -> None:
     if heads_config.separate_lm_head:
         heads.init_separate_lm_heads(model.get_output_embeddings())
     t1 = time.time()
-    train(cfg, heads, lm_weight, train_set, heldout_set, args.out, log)
+    seen = train(cfg, heads, lm_weight, train_set, heldout_set, args.out, log)
+    if seen is not None:
+        heads.restrict_draft_vocab(seen)  # the heads never learnt to predict other tokens: cheaper drafting
     top1 = evaluate(heads, lm_weight, *heldout_set)
     log({"event": "final", "heldout_top1": top1, "train_seconds": round(time.time() - t1, 1),
          "heldout_rank_accuracy": rank_accuracy(heads, lm_weight, *heldout_set)})

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import EOS, make_llama, repetitive_prompt
 
 import hf_specdec
-from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig, medusa_labels, medusa_loss
+from hf_specdec.cpu_speedups import CpuLinear, optimize_for_cpu
+from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig, medusa_labels, medusa_loss, output_rows
 
 NUM_PROMPTS = 20
 NEW_TOKENS = 20
 
 
-def make_heads(model, num_heads=4, seed=None, separate=False) -> MedusaHeads:
-    """Heads for `model`; zero-initialised, or random (so drafts vary) when `seed` is given."""
+def make_heads(model, num_heads=4, seed=None, separate=False, draft_vocab=None) -> MedusaHeads:
+    """Heads for `model`; zero-initialised, or random (so drafts vary) when `seed` is given; drafting only from
+    `draft_vocab` token ids when given."""
     heads = MedusaHeads(MedusaHeadsConfig(model.config.hidden_size, model.config.vocab_size, num_heads,
                                           separate_lm_head=separate))
     if separate:
@@ -24,6 +28,8 @@ def make_heads(model, num_heads=4, seed=None, separate=False) -> MedusaHeads:
         with torch.no_grad():
             for p in heads.blocks.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    if draft_vocab is not None:
+        heads.restrict_draft_vocab(torch.as_tensor(draft_vocab))
     return heads
 
 
@@ -38,9 +44,9 @@ def test_zero_initialised_heads_reproduce_the_base_prediction(tiny_llama):
         torch.testing.assert_close(logits[:, k], out.logits[0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("separate", [False, True])
-def test_save_load_round_trip_is_bit_exact(tmp_path, tiny_llama, separate):
-    heads = make_heads(tiny_llama, seed=1, separate=separate)
+@pytest.mark.parametrize(("separate", "draft_vocab"), [(False, None), (True, None), (False, [3, 1, 2, 40, 77])])
+def test_save_load_round_trip_is_bit_exact(tmp_path, tiny_llama, separate, draft_vocab):
+    heads = make_heads(tiny_llama, seed=1, separate=separate, draft_vocab=draft_vocab)
     heads.save_pretrained(tmp_path)
     saved = {p.name for p in tmp_path.iterdir()}
     assert saved == {"config.json", "model.safetensors"}
@@ -52,7 +58,36 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, tiny_llama, separate):
     assert not any("lm_head" in name for name in heads.state_dict()) or separate  # shared head never saved
 
 
+@pytest.mark.parametrize("separate", [False, True])
+@torch.no_grad()
+def test_restricted_draft_vocab_drafts_the_best_allowed_tokens(tiny_llama, separate):
+    """Drafting over a subset of the vocabulary gives, per head, the full-vocabulary logits' argmax over that subset."""
+    vocab = torch.arange(0, tiny_llama.config.vocab_size, 3)
+    heads = make_heads(tiny_llama, seed=2, separate=separate, draft_vocab=vocab)
+    assert heads.config.draft_vocab_size == vocab.numel()
+    heads.attach_lm_head(tiny_llama.get_output_embeddings())
+    hidden = tiny_llama(repetitive_prompt(0), output_hidden_states=True).hidden_states[-1][0, -1]  # [H]
+    logits, ids = heads.draft_logits(hidden, depth=3)
+    assert logits.shape == (3, vocab.numel()) and torch.equal(ids, vocab)
+    full = heads(hidden)[:3]  # [3, V]
+    torch.testing.assert_close(logits, full[:, vocab])
+    with pytest.raises(ValueError, match="non-empty"):
+        heads.restrict_draft_vocab(torch.tensor([tiny_llama.config.vocab_size]))
+
+
+@torch.no_grad()
+def test_output_rows_keep_the_cpu_kernels():
+    linear = torch.nn.Linear(8, 30)
+    rows = output_rows(optimize_for_cpu(copy.deepcopy(linear)), torch.tensor([4, 0, 29]))
+    assert isinstance(rows, CpuLinear) and not rows.weight.requires_grad
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(rows(x), linear(x)[:, [4, 0, 29]])
+    assert type(output_rows(linear, torch.tensor([1]))) is torch.nn.Linear
+
+
 def test_config_validation_and_labels():
+    with pytest.raises(ValueError, match="draft_vocab_size"):
+        MedusaHeadsConfig(8, 10, draft_vocab_size=11)
     with pytest.raises(ValueError, match="num_heads"):
         MedusaHeadsConfig(8, 10, num_heads=0)
     with pytest.raises(ValueError, match="Unknown keys"):
@@ -90,10 +125,13 @@ def plain_outputs(tiny_llama):
 
 @pytest.mark.parametrize(("tree", "head_seed", "min_confidence"), [
     (None, None, 0.0), ("default", None, 0.0), ([[0], [1], [0, 0], [1, 0], [0, 1, 0]], 7, 0.0),
-    (None, None, 0.1), ("large", None, 0.05),
+    (None, None, 0.1), ("large", None, 0.05), ("draft-vocab", None, 0.0),
 ])
 def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed, min_confidence):
-    strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=head_seed), tree=tree,
+    draft_vocab = None
+    if tree == "draft-vocab":  # the default tree, drafting from half the vocabulary
+        tree, draft_vocab = "default", list(range(0, tiny_llama.config.vocab_size, 2))
+    strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=head_seed, draft_vocab=draft_vocab), tree=tree,
                                          min_confidence=min_confidence)
     steps = 0
     for seed, expected in enumerate(plain_outputs):
@@ -102,6 +140,21 @@ def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed
         assert torch.equal(actual, expected), f"tree={tree} differs on prompt {seed}"
         steps += strategy.last_stats.verify_steps
     assert steps < NUM_PROMPTS * (NEW_TOKENS - 1)  # some drafts were accepted
+
+
+@pytest.mark.parametrize("tree", [None, "default"])
+def test_prompt_lookup_first_keeps_greedy_output(tiny_llama, plain_outputs, tree):
+    strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=7), tree=tree, lookup_min_ngram=2,
+                                         num_speculative_tokens=8)
+    drafted = []
+    strategy.step_listeners.append(lambda event: drafted.append(len(event.drafted)))
+    for seed, expected in enumerate(plain_outputs):
+        actual = tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=NEW_TOKENS, do_sample=False,
+                                     assistant_model=strategy)
+        assert torch.equal(actual, expected), f"tree={tree} differs on prompt {seed}"
+    assert max(drafted) > 4  # lookup continuations longer than the 4 heads can draft were proposed
+    with pytest.raises(ValueError, match="lookup_min_ngram"):
+        hf_specdec.MedusaConfig(lookup_min_ngram=5)
 
 
 def test_min_confidence_one_never_drafts(tiny_llama, plain_outputs):

@@ -64,3 +64,28 @@ def test_template_prompts_are_distinct_filled_and_seeded(recipe):
     assert not any("{" in p or "}" in p for p in prompts)
     assert prompts == recipe.template_prompts(parts, 120, seed=0)
     assert prompts != recipe.template_prompts(parts, 120, seed=1)
+
+
+def test_train_returns_the_seen_vocabulary_and_resumes(recipe, tmp_path):
+    """`train` learns the labels of random hidden states, returns the loss vocabulary (the recipe restricts
+    drafting to it) and picks up from its checkpoint."""
+    from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(64, 16, generator=generator)
+    labels = (10 + hidden[:, :5].argmax(-1))[:, None].repeat(1, 2)  # [64, 2]: learnable from the hidden state
+    labels[:8, 1] = -100
+    lm_weight = torch.randn(97, 16, generator=generator)
+    cfg = {"seed": 0, "train": {"grad_accum": 1, "loss_vocab": "seen", "lr": 0.05, "weight_decay": 0.0,
+                                "batch_size": 32, "epochs": 20, "warmup_steps": 1, "head_decay": 0.8,
+                                "eval_every": 100, "checkpoint_every": 10}}
+    records = []
+    heads = MedusaHeads(MedusaHeadsConfig(16, 97, num_heads=2))
+    before = recipe.evaluate(heads, lm_weight, hidden, labels)
+    seen = recipe.train(cfg, heads, lm_weight, (hidden, labels), (hidden, labels), tmp_path, records.append)
+    assert torch.equal(seen, torch.unique(labels[labels != -100]))
+    assert recipe.evaluate(heads, lm_weight, hidden, labels)[0] > before[0] + 0.15
+    cfg["train"]["epochs"] = 21  # a longer run resumes from the saved step instead of starting over
+    recipe.train(cfg, MedusaHeads(heads.config), lm_weight, (hidden, labels), (hidden, labels), tmp_path,
+                 records.append)
+    assert {"event": "resumed", "step": 40} in records

@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import StrategyConfig, register_config
+from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..medusa_heads import MedusaHeads
 from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, build_tree, tree_tokens
 from ..tree_decoding import TreeDraft
 from .base import Draft, SpeculativeStrategy
+from .ngram import match_suffix
 
 TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
+LOOKUP_MAX_NGRAM = 4  # longest suffix prompt lookup tries first (NGramConfig's default)
 
 
 @register_config
@@ -26,7 +29,8 @@ class MedusaConfig(StrategyConfig):
     strategy_type = "medusa"
 
     num_speculative_tokens: int = field(
-        default=4, metadata={"help": "Heads used per step (draft depth); capped at the number of heads."})
+        default=4, metadata={"help": "Longest draft: heads used per step (capped at the number of heads), and the "
+                                     "longest prompt-lookup draft when `lookup_min_ngram` is on (e.g. 10)."})
     tree: str | list[list[int]] | None = field(
         default="default",
         metadata={"help": "Candidate tree: 'default' (11 nodes), 'large' (23 nodes), a list of choice paths (e.g. [[0], [1], [0, 0]]: ranks in "
@@ -40,8 +44,19 @@ class MedusaConfig(StrategyConfig):
                           "decode, cheaper than a multi-token verify. 0 always drafts."},
     )
 
+    lookup_min_ngram: int = field(
+        default=0,
+        metadata={"help": "0: the heads draft every step. n in 1..4: first look the last 4, 3, ..., n tokens up in "
+                          "the text so far (prompt lookup, as NGramStrategy does); on a match, draft its "
+                          "continuation as a chain instead of asking the heads. Helps where text repeats (code); "
+                          "the heads draft the steps without a match."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 <= self.lookup_min_ngram <= LOOKUP_MAX_NGRAM:
+            raise ValueError(f"lookup_min_ngram must be in [0, {LOOKUP_MAX_NGRAM}] (0 turns lookup off), got "
+                             f"{self.lookup_min_ngram}.")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}.")
         if self.schedule == "entropy":
@@ -58,6 +73,8 @@ class MedusaStrategy(SpeculativeStrategy):
 
     Greedy decoding equals plain `generate`; sampling is verified losslessly (point-mass candidates, recursive
     rejection sampling over the tree); `verification="typical"` is Medusa's LOSSY typical acceptance.
+    `lookup_min_ngram=2, num_speculative_tokens=10` drafts prompt-lookup continuations where the text repeats itself
+    and asks the heads everywhere else.
     """
 
     config_class = MedusaConfig
@@ -78,6 +95,8 @@ class MedusaStrategy(SpeculativeStrategy):
         check_heads_fit(self.heads, target)
         if self.heads.lm_heads is None:
             self.heads.attach_lm_head(target.get_output_embeddings())
+        if is_cpu_optimized(target):
+            optimize_for_cpu(self.heads)  # the heads' own linears get the same skinny-input kernels
         self._hidden = None
 
     def end(self) -> None:
@@ -89,28 +108,28 @@ class MedusaStrategy(SpeculativeStrategy):
 
     @torch.no_grad()
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        if self.config.lookup_min_ngram:
+            tokens = input_ids[0]
+            for size in range(LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram - 1, -1):
+                match = match_suffix(tokens, size)
+                if match is not None:
+                    return Draft(tokens[match[0] : match[0] + max_tokens])
         depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
         if self._hidden is None or depth < 1:
             return Draft.empty(input_ids.device)
         tree = None if self._paths is None else self._tree(depth)
-        logits = self._head_logits(self._hidden, depth if tree is None else tree.max_depth)  # [D, V]
+        hidden = self._hidden.to(dtype=next(self.heads.parameters()).dtype)
+        logits, vocab = self.heads.draft_logits(hidden, depth if tree is None else tree.max_depth)  # [D, V']
         top = logits.softmax(dim=-1).topk(1 if tree is None else tree.max_rank, dim=-1)  # [D, k]
+        candidates = top.indices if vocab is None else vocab[top.indices]  # [D, k] token ids
         if tree is None:
             confident = top.values[:, 0].cumprod(0) >= self.config.min_confidence  # [D]
-            return Draft(top.indices[: int(confident.to(torch.int64).cumprod(0).sum()), 0])
+            return Draft(candidates[: int(confident.to(torch.int64).cumprod(0).sum()), 0])
         if self.config.min_confidence > 0:
             tree = confident_subtree(tree, top.values, self.config.min_confidence)
             if tree is None:
                 return Draft.empty(input_ids.device)
-        return Draft(top.indices[:, 0], tree=TreeDraft(tree, tree_tokens(tree, top.indices)))
-
-    def _head_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
-        """Logits of the first `depth` heads for one hidden state `[H]` -> `[depth, V]`."""
-        hidden = hidden.to(dtype=next(self.heads.parameters()).dtype)
-        states = torch.stack([block(hidden) for block in self.heads.blocks[:depth]])  # [D, H]
-        if self.heads.lm_heads is not None:
-            return torch.stack([head(states[i]) for i, head in enumerate(self.heads.lm_heads[:depth])])
-        return self.heads._shared_lm_head[0](states.to(self.target.dtype)).float()  # [D, V]
+        return Draft(candidates[:, 0], tree=TreeDraft(tree, tree_tokens(tree, candidates)))
 
     def _tree(self, depth: int) -> TokenTree:
         if depth not in self._trees:
