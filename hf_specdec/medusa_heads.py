@@ -100,7 +100,8 @@ class MedusaHeads(nn.Module):
         self._shared_lm_head: list[nn.Module] = []  # held in a list so it is not registered (never saved)
         size = config.draft_vocab_size
         self.register_buffer("draft_token_ids", None if size is None else torch.zeros(size, dtype=torch.long))
-        self._draft_projections: list[nn.Module] | None = None  # drafting LM head(s), built on first use
+        # Drafting LM head(s) cut to the draft vocabulary, with the identity of the weights they were cut from.
+        self._draft_projections: tuple[tuple, list[nn.Module]] | None = None
 
     @property
     def num_heads(self) -> int:
@@ -114,7 +115,6 @@ class MedusaHeads(nn.Module):
                              f"[vocab_size={self.config.vocab_size}, hidden_size={self.config.hidden_size}]; "
                              "use heads trained for this target.")
         self._shared_lm_head = [lm_head]
-        self._draft_projections = None
         return self
 
     def restrict_draft_vocab(self, token_ids: torch.Tensor) -> MedusaHeads:
@@ -126,10 +126,6 @@ class MedusaHeads(nn.Module):
         self.draft_token_ids = ids
         self._draft_projections = None
         return self
-
-    def train(self, mode: bool = True) -> MedusaHeads:
-        self._draft_projections = None  # weights may change while training: rebuild the drafting rows afterwards
-        return super().train(mode)
 
     def init_separate_lm_heads(self, lm_head: nn.Module) -> None:
         """Copies the target's LM head into every separate head (call before training a separate-head set)."""
@@ -168,15 +164,22 @@ class MedusaHeads(nn.Module):
         return logits.float(), self.draft_token_ids
 
     def _drafting_projections(self) -> list[nn.Module]:
-        """The LM head(s) used for drafting: the shared one or one per head, cut to the draft vocabulary's rows."""
-        if self._draft_projections is None:
-            heads = list(self.lm_heads) if self.lm_heads is not None else self._shared_lm_head
-            if not heads:
-                raise ValueError("No LM head attached: call heads.attach_lm_head(model.get_output_embeddings()) "
-                                 "(MedusaStrategy does this for you).")
-            ids = self.draft_token_ids
-            self._draft_projections = heads if ids is None else [output_rows(head, ids) for head in heads]
-        return self._draft_projections
+        """The LM head(s) used for drafting: the shared one or one per head, cut to the draft vocabulary's rows.
+
+        The cut copies are made once and remade only when a source weight changes (another LM head attached, or
+        training updated it in place), so repeated `generate` calls reuse them.
+        """
+        heads = list(self.lm_heads) if self.lm_heads is not None else self._shared_lm_head
+        if not heads:
+            raise ValueError("No LM head attached: call heads.attach_lm_head(model.get_output_embeddings()) "
+                             "(MedusaStrategy does this for you).")
+        ids = self.draft_token_ids
+        if ids is None:
+            return heads
+        key = tuple((head.weight.data_ptr(), head.weight._version) for head in heads)
+        if self._draft_projections is None or self._draft_projections[0] != key:
+            self._draft_projections = (key, [output_rows(head, ids) for head in heads])
+        return self._draft_projections[1]
 
     # ---- saving and loading, like a PEFT adapter -------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

@@ -76,6 +76,19 @@ def test_restricted_draft_vocab_drafts_the_best_allowed_tokens(tiny_llama, separ
 
 
 @torch.no_grad()
+def test_drafting_rows_are_cut_once_and_follow_weight_changes(tiny_llama):
+    heads = make_heads(tiny_llama, seed=2, separate=True, draft_vocab=[5, 9, 11])
+    hidden = torch.randn(tiny_llama.config.hidden_size)
+    first = heads._drafting_projections()
+    heads.eval()  # what every MedusaStrategy does: no rebuild
+    assert heads._drafting_projections() is first
+    heads.lm_heads[0].weight.mul_(2.0)  # an in-place update, as an optimizer step makes
+    logits, _ = heads.draft_logits(hidden, depth=1)
+    assert heads._drafting_projections() is not first
+    torch.testing.assert_close(logits[0], heads(hidden)[0, [5, 9, 11]])
+
+
+@torch.no_grad()
 def test_output_rows_keep_the_cpu_kernels():
     linear = torch.nn.Linear(8, 30)
     rows = output_rows(optimize_for_cpu(copy.deepcopy(linear)), torch.tensor([4, 0, 29]))
@@ -123,14 +136,13 @@ def plain_outputs(tiny_llama):
             for seed in range(NUM_PROMPTS)]
 
 
-@pytest.mark.parametrize(("tree", "head_seed", "min_confidence"), [
-    (None, None, 0.0), ("default", None, 0.0), ([[0], [1], [0, 0], [1, 0], [0, 1, 0]], 7, 0.0),
-    (None, None, 0.1), ("large", None, 0.05), ("draft-vocab", None, 0.0),
+@pytest.mark.parametrize(("tree", "head_seed", "min_confidence", "draft_vocab_step"), [
+    (None, None, 0.0, None), ("default", None, 0.0, None), ([[0], [1], [0, 0], [1, 0], [0, 1, 0]], 7, 0.0, None),
+    (None, None, 0.1, None), ("large", None, 0.05, None), ("default", None, 0.0, 2),
 ])
-def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed, min_confidence):
-    draft_vocab = None
-    if tree == "draft-vocab":  # the default tree, drafting from half the vocabulary
-        tree, draft_vocab = "default", list(range(0, tiny_llama.config.vocab_size, 2))
+def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed, min_confidence, draft_vocab_step):
+    # draft_vocab_step=2: drafting only from every other token id
+    draft_vocab = None if draft_vocab_step is None else list(range(0, tiny_llama.config.vocab_size, draft_vocab_step))
     strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=head_seed, draft_vocab=draft_vocab), tree=tree,
                                          min_confidence=min_confidence)
     steps = 0

@@ -17,10 +17,10 @@ from ..medusa_heads import MedusaHeads
 from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, build_tree, tree_tokens
 from ..tree_decoding import TreeDraft
 from .base import Draft, SpeculativeStrategy
-from .ngram import match_suffix
+from .ngram import NGramConfig, longest_match
 
 TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
-LOOKUP_MAX_NGRAM = 4  # longest suffix prompt lookup tries first (NGramConfig's default)
+LOOKUP_MAX_NGRAM = NGramConfig.max_ngram_size  # longest suffix prompt lookup tries first (its default, 4)
 
 
 @register_config
@@ -95,7 +95,7 @@ class MedusaStrategy(SpeculativeStrategy):
         check_heads_fit(self.heads, target)
         if self.heads.lm_heads is None:
             self.heads.attach_lm_head(target.get_output_embeddings())
-        if is_cpu_optimized(target):
+        if is_cpu_optimized(target) and not is_cpu_optimized(self.heads):
             optimize_for_cpu(self.heads)  # the heads' own linears get the same skinny-input kernels
         self._hidden = None
 
@@ -109,11 +109,10 @@ class MedusaStrategy(SpeculativeStrategy):
     @torch.no_grad()
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         if self.config.lookup_min_ngram:
-            tokens = input_ids[0]
-            for size in range(LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram - 1, -1):
-                match = match_suffix(tokens, size)
-                if match is not None:
-                    return Draft(tokens[match[0] : match[0] + max_tokens])
+            match = longest_match(input_ids[0], LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram)
+            if match is not None:
+                start = match[1]
+                return Draft(input_ids[0, start : start + max_tokens])
         depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
         if self._hidden is None or depth < 1:
             return Draft.empty(input_ids.device)

@@ -62,6 +62,17 @@ def match_suffix(tokens: torch.LongTensor, ngram_size: int) -> tuple[int, bool] 
     return int(starts[-1]), bool((followers == followers[-1]).all())
 
 
+def longest_match(tokens: torch.LongTensor, max_ngram_size: int, min_ngram_size: int,
+                  ) -> tuple[int, int, bool] | None:
+    """`match_suffix` for the longest suffix from `max_ngram_size` down to `min_ngram_size` tokens that occurred
+    earlier: (its size, where its continuation starts, consistent), or None."""
+    for size in range(max_ngram_size, min_ngram_size - 1, -1):
+        match = match_suffix(tokens, size)
+        if match is not None:
+            return size, *match
+    return None
+
+
 class NGramStrategy(SpeculativeStrategy):
     """Prompt lookup decoding (Saxena 2023): no draft model, drafts copied from the prompt and output so far.
 
@@ -76,16 +87,14 @@ class NGramStrategy(SpeculativeStrategy):
 
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         tokens = input_ids[0]
-        for size in range(self.config.max_ngram_size, self.config.min_ngram_size - 1, -1):
-            match = match_suffix(tokens, size)
-            if match is None:
-                continue
-            start, consistent = match
-            bucket = 2 * size + consistent  # the gate learns per (match length, consistency)
-            if self.config.skip_unprofitable_drafts and not self.gate.should_draft(bucket):
-                return Draft(tokens.new_empty(0), bucket=bucket)
-            return Draft(tokens[start : start + max_tokens], bucket=bucket)
-        return Draft(tokens.new_empty(0))
+        match = longest_match(tokens, self.config.max_ngram_size, self.config.min_ngram_size)
+        if match is None:
+            return Draft(tokens.new_empty(0))
+        size, start, consistent = match
+        bucket = 2 * size + consistent  # the gate learns per (match length, consistency)
+        if self.config.skip_unprofitable_drafts and not self.gate.should_draft(bucket):
+            return Draft(tokens.new_empty(0), bucket=bucket)
+        return Draft(tokens[start : start + max_tokens], bucket=bucket)
 
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
         super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
