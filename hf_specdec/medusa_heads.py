@@ -5,13 +5,19 @@ Head k (1-based) reads the hidden state that produced token x_{t+1} and predicts
 unchanged and, through the target's own (frozen, shared) LM head, reproduces the base next-token prediction.
 With `separate_lm_head=True` each head gets its own LM head, initialised from the target's and trained too.
 
+With `token_conditioned=True` the heads are Hydra heads (Ankner et al. 2024): head k also reads the embeddings of
+the last emitted token x_{t+1} and of the k - 1 tokens drafted before its own, so each branch of a tree gets its
+own next-token guess instead of every branch sharing head k's one top-k.
+
 Only the trained weights are saved (`config.json` + `model.safetensors`), like a PEFT adapter; the shared LM head
-is attached at run time from the target (`attach_lm_head`, done by `MedusaStrategy`).
+(and, for token-conditioned heads, the input embeddings) are attached at run time from the target
+(`attach_target`, done by `MedusaStrategy`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,6 +29,7 @@ from torch import nn
 
 from .config import push_folder_to_hub, reject_unknown_keys
 from .cpu_speedups import CpuLinear, optimize_for_cpu
+from .tree import TokenTree, build_tree
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -48,6 +55,13 @@ class MedusaHeadsConfig:
                           "`restrict_draft_vocab`: e.g. the tokens seen in training). Fewer LM-head rows make "
                           "drafting cheaper and cannot change outputs, since the target verifies every draft. "
                           "None: the full vocabulary."},
+    )
+
+    token_conditioned: bool = field(
+        default=False,
+        metadata={"help": "Hydra heads: head k also reads the target's input embeddings of the last emitted token "
+                          "and of the k - 1 tokens drafted before (its first block is `h + SiLU(W [h; e_1; ...; "
+                          "e_k] + b)`). Drafting then runs head by head, and every tree node gets its own children."},
     )
 
     def __post_init__(self) -> None:
@@ -83,14 +97,40 @@ class ResBlock(nn.Module):
         return hidden + self.act(self.linear(hidden))
 
 
+class TokenConditionedBlock(nn.Module):
+    """`h + SiLU(linear([h; e_1; ...; e_n]))` with a zero-initialised linear: the identity until trained."""
+
+    def __init__(self, hidden_size: int, num_tokens: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size * (1 + num_tokens), hidden_size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, hidden: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """hidden `[..., H]`, token_embeddings `[..., n, H]` -> `[..., H]`."""
+        inputs = torch.cat([hidden, token_embeddings.flatten(-2)], dim=-1)  # [..., (1 + n) H]
+        return hidden + self.act(self.linear(inputs))
+
+
 class MedusaHeads(nn.Module):
-    """K Medusa heads. `forward(hidden [..., H]) -> logits [..., K, V]` once an LM head is attached."""
+    """K Medusa heads. `forward(hidden [..., H]) -> logits [..., K, V]` once an LM head is attached.
+
+    Token-conditioned (Hydra) heads also take `tokens [..., K]`: x_{t+1}, x_{t+2}, ..., x_{t+K}, of which head k
+    reads the first k.
+    """
 
     def __init__(self, config: MedusaHeadsConfig) -> None:
         super().__init__()
         self.config = config
+        # A token-conditioned head's first block reads the tokens; the remaining blocks are plain residual blocks.
+        plain_blocks = config.num_layers - 1 if config.token_conditioned else config.num_layers
+        self.token_blocks = (
+            nn.ModuleList(TokenConditionedBlock(config.hidden_size, k + 1) for k in range(config.num_heads))
+            if config.token_conditioned else None
+        )
         self.blocks = nn.ModuleList(
-            nn.Sequential(*(ResBlock(config.hidden_size) for _ in range(config.num_layers)))
+            nn.Sequential(*(ResBlock(config.hidden_size) for _ in range(plain_blocks)))
             for _ in range(config.num_heads)
         )
         self.lm_heads = (
@@ -98,6 +138,7 @@ class MedusaHeads(nn.Module):
             if config.separate_lm_head else None
         )
         self._shared_lm_head: list[nn.Module] = []  # held in a list so it is not registered (never saved)
+        self._embeddings: list[nn.Module] = []  # the target's input embeddings (token-conditioned heads), never saved
         size = config.draft_vocab_size
         self.register_buffer("draft_token_ids", None if size is None else torch.zeros(size, dtype=torch.long))
         # Drafting LM head(s) cut to the draft vocabulary, with the identity of the weights they were cut from.
@@ -109,12 +150,29 @@ class MedusaHeads(nn.Module):
 
     def attach_lm_head(self, lm_head: nn.Module) -> MedusaHeads:
         """Uses the target's LM head (`[H] -> [V]`) for every head; a separate-head set copies it the first time."""
-        weight = lm_head.weight
+        self._check_vocab_by_hidden(lm_head.weight, "The LM head")
+        self._shared_lm_head = [lm_head]
+        return self
+
+    def attach_embeddings(self, embeddings: nn.Module) -> MedusaHeads:
+        """Uses the target's input embeddings (`[V, H]`) to read tokens (token-conditioned heads)."""
+        self._check_vocab_by_hidden(embeddings.weight, "The input embedding table")
+        self._embeddings = [embeddings]
+        return self
+
+    def _check_vocab_by_hidden(self, weight: torch.Tensor, what: str) -> None:
         if tuple(weight.shape) != (self.config.vocab_size, self.config.hidden_size):
-            raise ValueError(f"The LM head has shape {list(weight.shape)} but the heads expect "
+            raise ValueError(f"{what} has shape {list(weight.shape)} but the heads expect "
                              f"[vocab_size={self.config.vocab_size}, hidden_size={self.config.hidden_size}]; "
                              "use heads trained for this target.")
-        self._shared_lm_head = [lm_head]
+
+    def attach_target(self, target: nn.Module) -> MedusaHeads:
+        """Attaches what the heads borrow from the target: its LM head (unless separate) and, for token-conditioned
+        heads, its input embeddings."""
+        if self.lm_heads is None:
+            self.attach_lm_head(target.get_output_embeddings())
+        if self.config.token_conditioned:
+            self.attach_embeddings(target.get_input_embeddings())
         return self
 
     def restrict_draft_vocab(self, token_ids: torch.Tensor) -> MedusaHeads:
@@ -135,13 +193,41 @@ class MedusaHeads(nn.Module):
             for head in self.lm_heads:
                 head.weight.copy_(lm_head.weight)
 
-    def hidden(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The heads' transformed states: `[..., H]` -> `[..., K, H]`."""
-        return torch.stack([block(hidden_states) for block in self.blocks], dim=-2)  # [..., K, H]
+    def head_state(self, k: int, hidden_states: torch.Tensor, token_embeddings: torch.Tensor | None = None,
+                   ) -> torch.Tensor:
+        """Head k's (0-based) transformed state `[..., H]`; token-conditioned heads read `token_embeddings`
+        `[..., >= k + 1, H]` (x_{t+1}, ..., x_{t+1+k}: only the first k + 1 are used)."""
+        if self.token_blocks is not None:
+            if token_embeddings is None:
+                raise ValueError("Token-conditioned heads need the embeddings of the tokens drafted so far "
+                                 "(MedusaStrategy passes them).")
+            hidden_states = self.token_blocks[k](hidden_states, token_embeddings[..., : k + 1, :])
+        return self.blocks[k](hidden_states)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """`[..., H]` -> logits `[..., K, V]`; logits[..., k - 1, :] predicts the token k + 1 positions ahead."""
-        states = self.hidden(hidden_states)  # [..., K, H]
+    def hidden(self, hidden_states: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """The heads' transformed states: `[..., H]` (and `[..., K, H]` token embeddings) -> `[..., K, H]`."""
+        return torch.stack([self.head_state(k, hidden_states, token_embeddings) for k in range(self.num_heads)],
+                           dim=-2)  # [..., K, H]
+
+    def embed(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """The target's input embeddings of `tokens` `[...]` -> `[..., H]` (token-conditioned heads)."""
+        if not self._embeddings:
+            raise ValueError("No input embeddings attached: call heads.attach_target(model) "
+                             "(MedusaStrategy does this for you).")
+        return self._embeddings[0](tokens)
+
+    def forward(self, hidden_states: torch.Tensor, tokens: torch.LongTensor | None = None) -> torch.Tensor:
+        """`[..., H]` -> logits `[..., K, V]`; logits[..., k - 1, :] predicts the token k + 1 positions ahead.
+
+        Token-conditioned heads also need `tokens` `[..., K]` (x_{t+1}, ..., x_{t+K}).
+        """
+        token_embeddings = None
+        if self.token_blocks is not None:
+            if tokens is None:
+                raise ValueError("Token-conditioned heads need `tokens` [..., K]: the token after each hidden state "
+                                 "and the K - 1 tokens that follow it.")
+            token_embeddings = self.embed(tokens)
+        states = self.hidden(hidden_states, token_embeddings)  # [..., K, H]
         if self.lm_heads is not None:
             return torch.stack([head(states[..., i, :]) for i, head in enumerate(self.lm_heads)], dim=-2)
         if not self._shared_lm_head:
@@ -151,10 +237,13 @@ class MedusaHeads(nn.Module):
 
     @torch.no_grad()
     def draft_logits(self, hidden_state: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits of the first `depth` heads for one hidden state `[H]` over the draft vocabulary.
+        """Logits of the first `depth` plain (not token-conditioned) heads for one hidden state `[H]` over the
+        draft vocabulary.
 
         Returns (`[depth, V']` float32, the token id of each column `[V']`, or None when V' is the full vocabulary).
         """
+        if self.token_blocks is not None:
+            raise ValueError("Token-conditioned heads draft head by head: use draft_tree.")
         states = torch.stack([block(hidden_state) for block in self.blocks[:depth]])  # [D, H]
         projections = self._drafting_projections()
         if self.lm_heads is None:  # the shared LM head: one product for every head
@@ -162,6 +251,84 @@ class MedusaHeads(nn.Module):
         else:
             logits = torch.stack([head(states[i].to(head.weight.dtype)) for i, head in enumerate(projections[:depth])])
         return logits.float(), self.draft_token_ids
+
+    @torch.no_grad()
+    def draft_tree(self, hidden_state: torch.Tensor, last_token: int, tree: TokenTree,
+                   ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """The token at every node of `tree` and its probability under its head (softmax over the draft vocabulary).
+
+        hidden_state `[H]` produced `last_token` (x_{t+1}). A node of rank r at depth d holds head d's rank-r token;
+        for token-conditioned heads, head d reads x_{t+1} and the node's ancestors, so siblings' subtrees differ.
+        Returns (tokens `[N]`, probs `[N]`).
+        """
+        top_children = self._top_children(hidden_state, last_token, tree.max_depth, tree.max_rank)
+        children = tree.children()
+        tokens, probs = [0] * tree.num_nodes, [0.0] * tree.num_nodes
+        paths: dict[int, tuple[int, ...]] = {-1: ()}  # node -> its tokens from depth 1 (-1: the root)
+        parents = [-1]
+        for k in range(tree.max_depth):
+            parents = [p for p in parents if children[p + 1]]
+            if not parents:
+                break
+            top_tokens, top_probs = top_children(k, [paths[p] for p in parents])  # [P, width] lists
+            for row, parent in enumerate(parents):
+                for child in children[parent + 1]:
+                    rank = int(tree.ranks[child])
+                    tokens[child], probs[child] = top_tokens[row][rank], top_probs[row][rank]
+                    paths[child] = (*paths[parent], tokens[child])
+            parents = [c for p in parents for c in children[p + 1]]
+        return torch.tensor(tokens), torch.tensor(probs)
+
+    @torch.no_grad()
+    def draft_dynamic_tree(self, hidden_state: torch.Tensor, last_token: int, depth: int, num_nodes: int,
+                           width: int) -> tuple[TokenTree, torch.LongTensor, torch.Tensor]:
+        """A tree shaped by this step's own head probabilities (as EAGLE-2 does), instead of a fixed shape.
+
+        Depth by depth, the `width` most probable nodes (path probability: the product of the heads' probabilities
+        along the path) each get their head's top-`width` tokens as children; then the `num_nodes` most probable
+        nodes of all are kept. A child is never more probable than its parent, so the kept nodes form a tree.
+        Returns (tree, tokens `[N]`, each node's own head probability `[N]`).
+        """
+        top_children = self._top_children(hidden_state, last_token, depth, width)
+        # A node: (its tokens from depth 1, its ranks = its path in the tree, path probability, own probability).
+        frontier: list[tuple[tuple[int, ...], tuple[int, ...], float, float]] = [((), (), 1.0, 1.0)]
+        nodes: dict[tuple[int, ...], tuple[int, float, float]] = {}  # ranks -> token, own prob, path prob
+        for k in range(depth):
+            top_tokens, top_probs = top_children(k, [node[0] for node in frontier])
+            grown = [((*tokens, token), (*ranks, rank), path_prob * prob, prob)
+                     for (tokens, ranks, path_prob, _), row_tokens, row_probs in zip(frontier, top_tokens, top_probs)
+                     for rank, (token, prob) in enumerate(zip(row_tokens, row_probs))]
+            nodes |= {ranks: (tokens[-1], prob, path_prob) for tokens, ranks, path_prob, prob in grown}
+            frontier = heapq.nlargest(width, grown, key=lambda node: node[2])
+        kept = sorted(nodes, key=lambda ranks: (-nodes[ranks][2], len(ranks)))[:num_nodes]  # parents sort first
+        tree = build_tree(kept)
+        return (tree, torch.tensor([nodes[path][0] for path in tree.paths]),
+                torch.tensor([nodes[path][1] for path in tree.paths]))
+
+    def _top_children(self, hidden_state: torch.Tensor, last_token: int, depth: int, width: int):
+        """`top_children(k, paths)`: head k's (0-based) top-`width` tokens and probabilities after each token path
+        (the drafted tokens from depth 1), as two `[P, width]` lists. Plain heads ignore the paths: all `depth`
+        heads are computed once, in one product."""
+        if self.token_blocks is None:
+            logits, vocab = self.draft_logits(hidden_state, depth)  # [D, V']
+            top = logits.softmax(dim=-1).topk(width, dim=-1)  # [D, width]
+            tokens, probs = (top.indices if vocab is None else vocab[top.indices]).tolist(), top.values.tolist()
+            return lambda k, paths: ([tokens[k]] * len(paths), [probs[k]] * len(paths))
+
+        def top_children(k: int, paths: list[tuple[int, ...]]) -> tuple[list[list[int]], list[list[float]]]:
+            context = torch.tensor([[last_token, *path] for path in paths], device=hidden_state.device)  # [P, k + 1]
+            state = self.head_state(k, hidden_state.expand(len(paths), -1), self.embed(context).to(hidden_state.dtype))
+            logits, vocab = self._draft_projection(k, state)  # [P, V']
+            top = logits.softmax(dim=-1).topk(width, dim=-1)  # [P, width]
+            return (top.indices if vocab is None else vocab[top.indices]).tolist(), top.values.tolist()
+
+        return top_children
+
+    def _draft_projection(self, k: int, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head k's drafting LM head applied to `states` `[P, H]`: float32 logits `[P, V']` and the column ids."""
+        projections = self._drafting_projections()
+        head = projections[0] if self.lm_heads is None else projections[k]
+        return head(states.to(head.weight.dtype)).float(), self.draft_token_ids
 
     def _drafting_projections(self) -> list[nn.Module]:
         """The LM head(s) used for drafting: the shared one or one per head, cut to the draft vocabulary's rows.

@@ -223,94 +223,97 @@ def training_sequences(model, tokenizer, cfg: dict, cache: Path, seed: int) -> l
     return sequences
 
 
-def position_table(sequences: list[TrainingSequence], indices, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattens the chosen sequences into (hidden `[N, H]`, labels `[N, K]`).
+def position_table(sequences: list[TrainingSequence], indices, num_heads: int,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flattens the chosen sequences into (hidden `[N, H]`, labels `[N, K]`, context `[N, K]`).
 
+    Row t's head k (1-based) predicts ids[t + 1 + k]; context[t] holds ids[t + 1 .. t + K] (0 past the end), the
+    tokens a token-conditioned head k reads the first k of: along an accepted draft they are exactly the target's.
     Labels inside a prompt are dropped (-100): the heads learn what the target writes, not what users write.
     Rows without a head-1 label are left out.
     """
-    hidden, labels = [], []
+    hidden, labels, context = [], [], []
     for i in indices:
         sequence = sequences[i]
-        rows = medusa_labels(torch.tensor(sequence.ids), num_heads)[: sequence.hidden.shape[0]]  # [L', K]
+        ids = torch.tensor(sequence.ids)
+        rows = medusa_labels(ids, num_heads)[: sequence.hidden.shape[0]]  # [L', K]
         label_position = torch.arange(rows.shape[0])[:, None] + torch.arange(2, num_heads + 2)  # index into ids
         rows = rows.masked_fill(label_position < sequence.prompt_len, -100)
+        padded = torch.cat([ids, ids.new_zeros(num_heads + 1)])
+        following = padded[label_position - 1]  # [L', K]: ids[t + 1 .. t + K]
         keep = rows[:, 0] != -100
         hidden.append(sequence.hidden[keep])
         labels.append(rows[keep])
-    return torch.cat(hidden), torch.cat(labels)
+        context.append(following[keep])
+    return torch.cat(hidden), torch.cat(labels), torch.cat(context)
 
 
 # ---- 3. training --------------------------------------------------------------------------------------------------
-def head_logits(heads: MedusaHeads, lm_weight: torch.Tensor, hidden: torch.Tensor,
-                vocab: torch.Tensor | None) -> torch.Tensor:
-    """Head logits `[N, K, V']` over `vocab` (None: the full vocabulary) from hidden `[N, H]`."""
-    states = heads.hidden(hidden)  # [N, K, H]
-    if heads.lm_heads is not None:
-        weights = [head.weight if vocab is None else head.weight[vocab] for head in heads.lm_heads]
-        return torch.stack([states[:, k] @ w.t() for k, w in enumerate(weights)], dim=1)
-    weight = lm_weight if vocab is None else lm_weight[vocab]  # [V', H]
-    return states @ weight.t()  # [N, K, V']
-
-
 class TrainingView(torch.nn.Module):
-    """The heads plus the frozen LM head rows the loss uses, as one module for `accelerator.prepare`."""
+    """The heads plus the frozen target pieces they read (LM head rows, input embeddings), as one module for
+    `accelerator.prepare`. `vocab` (set by `train`) restricts the logits to the loss vocabulary."""
 
-    def __init__(self, heads: MedusaHeads, lm_weight: torch.Tensor, vocab: torch.Tensor | None) -> None:
+    def __init__(self, heads: MedusaHeads, lm_weight: torch.Tensor, embed_weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.heads = heads
         self.register_buffer("lm_weight", lm_weight, persistent=False)
-        self.register_buffer("vocab", vocab, persistent=False)
+        self.register_buffer("embed_weight", embed_weight, persistent=False)
+        self.register_buffer("vocab", None, persistent=False)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return head_logits(self.heads, self.lm_weight, hidden, self.vocab)
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, full_vocab: bool = False) -> torch.Tensor:
+        """Head logits `[N, K, V']` from hidden `[N, H]` and the context tokens `[N, K]` that token-conditioned
+        heads read."""
+        heads, vocab = self.heads, None if full_vocab else self.vocab
+        embeddings = (torch.nn.functional.embedding(context, self.embed_weight).to(hidden.dtype)
+                      if heads.config.token_conditioned else None)
+        states = heads.hidden(hidden, embeddings)  # [N, K, H]
+        if heads.lm_heads is not None:
+            weights = [head.weight if vocab is None else head.weight[vocab] for head in heads.lm_heads]
+            return torch.stack([states[:, k] @ w.t() for k, w in enumerate(weights)], dim=1)
+        weight = self.lm_weight if vocab is None else self.lm_weight[vocab]  # [V', H]
+        return states @ weight.t()  # [N, K, V']
 
 
 @torch.no_grad()
-def evaluate(heads, lm_weight, hidden, labels, chunk: int = 512) -> list[float]:
+def evaluate(view: TrainingView, hidden, labels, context, chunk: int = 512) -> list[float]:
     """Per-head top-1 accuracy over the full vocabulary."""
-    hits = torch.zeros(heads.num_heads)
-    counts = torch.zeros(heads.num_heads)
-    for start in range(0, hidden.shape[0], chunk):
-        h = hidden[start : start + chunk].float()
-        y = labels[start : start + chunk]
-        predicted = head_logits(heads, lm_weight, h, None).argmax(-1)  # [n, K]
-        valid = y != -100
-        hits += ((predicted == y) & valid).sum(0)
-        counts += valid.sum(0)
-    return (hits / counts.clamp_min(1)).tolist()
+    return [ranks[0] for ranks in rank_accuracy(view, hidden, labels, context, ranks=1, chunk=chunk)]
 
 
 @torch.no_grad()
-def rank_accuracy(heads, lm_weight, hidden, labels, ranks: int = 4, chunk: int = 512) -> list[list[float]]:
+def rank_accuracy(view: TrainingView, hidden, labels, context, ranks: int = 4, chunk: int = 512,
+                  ) -> list[list[float]]:
     """accuracy[k][r]: how often head k + 1's rank-r token is right (input to `tree.paths_from_accuracy`)."""
-    hits = torch.zeros(heads.num_heads, ranks)
-    counts = torch.zeros(heads.num_heads, 1)
+    num_heads = labels.shape[1]
+    hits = torch.zeros(num_heads, ranks)
+    counts = torch.zeros(num_heads, 1)
     for start in range(0, hidden.shape[0], chunk):
         y = labels[start : start + chunk]
-        top = head_logits(heads, lm_weight, hidden[start : start + chunk].float(), None).topk(ranks, -1).indices
+        logits = view(hidden[start : start + chunk].float(), context[start : start + chunk], full_vocab=True)
+        top = logits.topk(ranks, -1).indices  # [n, K, ranks]
         valid = y != -100  # [n, K]
         hits += ((top == y[..., None]) & valid[..., None]).sum(0)
         counts += valid.sum(0)[:, None]
     return (hits / counts.clamp_min(1)).tolist()
 
 
-def base_accuracy(lm_weight, hidden, labels, chunk: int = 512) -> list[float]:
+def base_accuracy(lm_weight, hidden, labels, context, chunk: int = 512) -> list[float]:
     """Accuracy of the untrained (identity) heads: the base next-token prediction used k positions too early."""
     heads = MedusaHeads(MedusaHeadsConfig(lm_weight.shape[1], lm_weight.shape[0], labels.shape[1]))
-    return evaluate(heads, lm_weight, hidden, labels, chunk)
+    return evaluate(TrainingView(heads, lm_weight), hidden, labels, context, chunk)
 
 
-def train(cfg: dict, heads: MedusaHeads, lm_weight: torch.Tensor, train_set, heldout_set, out: Path, log,
-          ) -> torch.Tensor | None:
-    """Trains `heads` in place; returns the loss vocabulary (token ids) with `loss_vocab: seen`, else None."""
+def train(cfg: dict, view: TrainingView, train_set, heldout_set, out: Path, log) -> torch.Tensor | None:
+    """Trains `view.heads` in place on (hidden, labels, context) tables; returns the loss vocabulary (token ids)
+    with `loss_vocab: seen`, else None."""
     tc = cfg["train"]
     accelerator = Accelerator(gradient_accumulation_steps=tc["grad_accum"])
-    hidden, labels = train_set
+    hidden, labels, context = train_set
+    heads = view.heads
     vocab_index = None
     if tc["loss_vocab"] == "seen":
         vocab = torch.unique(labels[labels != -100])
-        remap = torch.full((lm_weight.shape[0],), -100, dtype=torch.long)
+        remap = torch.full((view.lm_weight.shape[0],), -100, dtype=torch.long)
         remap[vocab] = torch.arange(vocab.numel())
         labels = torch.where(labels == -100, labels, remap[labels.clamp_min(0)])
         vocab_index = vocab
@@ -321,7 +324,8 @@ def train(cfg: dict, heads: MedusaHeads, lm_weight: torch.Tensor, train_set, hel
     total = steps_per_epoch * tc["epochs"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / tc["warmup_steps"])
                                                   * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    view, optimizer, scheduler = accelerator.prepare(TrainingView(heads, lm_weight, vocab_index), optimizer, scheduler)
+    view.vocab = vocab_index
+    view, optimizer, scheduler = accelerator.prepare(view, optimizer, scheduler)
     checkpoint = out / "checkpoint"
     step = 0
     if (checkpoint / "step.json").exists():
@@ -334,7 +338,7 @@ def train(cfg: dict, heads: MedusaHeads, lm_weight: torch.Tensor, train_set, hel
         order = torch.randperm(hidden.shape[0], generator=torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch))
         batch = order[offset * tc["batch_size"] : (offset + 1) * tc["batch_size"]]
         with accelerator.accumulate(view):
-            logits = view(hidden[batch].float().to(accelerator.device))  # [B, K, V']
+            logits = view(hidden[batch].float().to(accelerator.device), context[batch].to(accelerator.device))
             loss, accuracy = medusa_loss(logits, labels[batch].to(accelerator.device), tc["head_decay"])
             accelerator.backward(loss)
             optimizer.step()
@@ -347,7 +351,7 @@ def train(cfg: dict, heads: MedusaHeads, lm_weight: torch.Tensor, train_set, hel
             log({"event": "train", "step": step, "epoch": epoch, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
                  "train_top1": [round(a, 4) for a in accuracy.tolist()]})
         if step % tc["eval_every"] == 0 or step == total:
-            log({"event": "heldout", "step": step, "top1": evaluate(heads, lm_weight, *heldout_set)})
+            log({"event": "heldout", "step": step, "top1": evaluate(accelerator.unwrap_model(view), *heldout_set)})
         if step % tc["checkpoint_every"] == 0 or step == total:
             accelerator.save_state(str(checkpoint))
             (checkpoint / "step.json").write_text(json.dumps({"step": step}))
@@ -397,13 +401,14 @@ def main() -> None:
     heads = MedusaHeads(heads_config)
     if heads_config.separate_lm_head:
         heads.init_separate_lm_heads(model.get_output_embeddings())
+    view = TrainingView(heads, lm_weight, model.get_input_embeddings().weight.detach())
     t1 = time.time()
-    seen = train(cfg, heads, lm_weight, train_set, heldout_set, args.out, log)
+    seen = train(cfg, view, train_set, heldout_set, args.out, log)
     if seen is not None:
         heads.restrict_draft_vocab(seen)  # the heads never learnt to predict other tokens: cheaper drafting
-    top1 = evaluate(heads, lm_weight, *heldout_set)
+    top1 = evaluate(view, *heldout_set)
     log({"event": "final", "heldout_top1": top1, "train_seconds": round(time.time() - t1, 1),
-         "heldout_rank_accuracy": rank_accuracy(heads, lm_weight, *heldout_set)})
+         "heldout_rank_accuracy": rank_accuracy(view, *heldout_set)})
     heads.save_pretrained(args.out)
     (args.out / "recipe.yaml").write_text(args.config.read_text())
     print(f"saved heads to {args.out}")

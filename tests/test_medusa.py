@@ -11,42 +11,48 @@ from conftest import EOS, make_llama, repetitive_prompt
 import hf_specdec
 from hf_specdec.cpu_speedups import CpuLinear, optimize_for_cpu
 from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig, medusa_labels, medusa_loss, output_rows
+from hf_specdec.tree import LARGE_TREE, build_tree
 
 NUM_PROMPTS = 20
 NEW_TOKENS = 20
 
 
-def make_heads(model, num_heads=4, seed=None, separate=False, draft_vocab=None) -> MedusaHeads:
-    """Heads for `model`; zero-initialised, or random (so drafts vary) when `seed` is given; drafting only from
-    `draft_vocab` token ids when given."""
+def make_heads(model, num_heads=4, seed=None, separate=False, draft_vocab=None, conditioned=False) -> MedusaHeads:
+    """Heads for `model` (token-conditioned ones if `conditioned`); zero-initialised, or random (so drafts vary)
+    when `seed` is given; drafting only from `draft_vocab` token ids when given."""
     heads = MedusaHeads(MedusaHeadsConfig(model.config.hidden_size, model.config.vocab_size, num_heads,
-                                          separate_lm_head=separate))
+                                          separate_lm_head=separate, token_conditioned=conditioned))
     if separate:
         heads.init_separate_lm_heads(model.get_output_embeddings())
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for p in heads.blocks.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+            for name, p in heads.named_parameters():
+                if not name.startswith("lm_heads"):
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
     if draft_vocab is not None:
         heads.restrict_draft_vocab(torch.as_tensor(draft_vocab))
     return heads
 
 
+@pytest.mark.parametrize("conditioned", [False, True])
 @torch.no_grad()
-def test_zero_initialised_heads_reproduce_the_base_prediction(tiny_llama):
-    heads = make_heads(tiny_llama).attach_lm_head(tiny_llama.get_output_embeddings())
+def test_zero_initialised_heads_reproduce_the_base_prediction(tiny_llama, conditioned):
+    heads = make_heads(tiny_llama, conditioned=conditioned).attach_target(tiny_llama)
     prompt = repetitive_prompt(0)
     out = tiny_llama(prompt, output_hidden_states=True)
-    logits = heads(out.hidden_states[-1][0])  # [L, K, V]
+    tokens = torch.randint(0, tiny_llama.config.vocab_size, (prompt.shape[1], heads.num_heads))
+    logits = heads(out.hidden_states[-1][0], tokens if conditioned else None)  # [L, K, V]
     for k in range(heads.num_heads):
         assert torch.equal(logits[:, k].argmax(-1), out.logits[0].argmax(-1))
         torch.testing.assert_close(logits[:, k], out.logits[0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("separate", "draft_vocab"), [(False, None), (True, None), (False, [3, 1, 2, 40, 77])])
-def test_save_load_round_trip_is_bit_exact(tmp_path, tiny_llama, separate, draft_vocab):
-    heads = make_heads(tiny_llama, seed=1, separate=separate, draft_vocab=draft_vocab)
+@pytest.mark.parametrize(("separate", "draft_vocab", "conditioned"),
+                         [(False, None, False), (True, None, False), (False, [3, 1, 2, 40, 77], False),
+                          (False, [3, 1, 2, 40, 77], True)])
+def test_save_load_round_trip_is_bit_exact(tmp_path, tiny_llama, separate, draft_vocab, conditioned):
+    heads = make_heads(tiny_llama, seed=1, separate=separate, draft_vocab=draft_vocab, conditioned=conditioned)
     heads.save_pretrained(tmp_path)
     saved = {p.name for p in tmp_path.iterdir()}
     assert saved == {"config.json", "model.safetensors"}
@@ -56,6 +62,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, tiny_llama, separate, draft
     for name, tensor in heads.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     assert not any("lm_head" in name for name in heads.state_dict()) or separate  # shared head never saved
+    assert not any("embed" in name for name in heads.state_dict())  # nor the target's input embeddings
 
 
 @pytest.mark.parametrize("separate", [False, True])
@@ -86,6 +93,72 @@ def test_drafting_rows_are_cut_once_and_follow_weight_changes(tiny_llama):
     logits, _ = heads.draft_logits(hidden, depth=1)
     assert heads._drafting_projections() is not first
     torch.testing.assert_close(logits[0], heads(hidden)[0, [5, 9, 11]])
+
+
+def assert_nodes_follow_heads(heads, hidden, last_token, tree, tokens, probs) -> None:
+    """Node (r_1, ..., r_d) holds head d's rank-r_d token and its probability; token-conditioned heads read
+    x_{t+1} (`last_token`) and the node's own ancestors."""
+    assert tokens.shape == probs.shape == (tree.num_nodes,)
+    for node, path in enumerate(tree.paths):
+        context = [last_token] + [int(tokens[a]) for a in tree.ancestors(node)[:-1]]
+        context += [0] * (heads.num_heads - len(path))
+        logits = heads(hidden, torch.tensor(context) if heads.config.token_conditioned else None)[len(path) - 1]
+        ranked = logits.softmax(-1).topk(path[-1] + 1)  # [V] -> the top r_d + 1
+        assert int(tokens[node]) == int(ranked.indices[-1]), path
+        torch.testing.assert_close(probs[node], ranked.values[-1])
+
+
+def heads_and_hidden(tiny_llama, conditioned):
+    heads = make_heads(tiny_llama, seed=5, conditioned=conditioned).attach_target(tiny_llama)
+    if conditioned:  # embeddings larger than the tiny model's (std 0.02), so the tokens visibly matter
+        heads.attach_embeddings(torch.nn.Embedding(tiny_llama.config.vocab_size, tiny_llama.config.hidden_size))
+    return heads, tiny_llama(repetitive_prompt(0), output_hidden_states=True).hidden_states[-1][0, -1]  # [H]
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+@torch.no_grad()
+def test_draft_tree_gives_each_node_its_heads_ranked_token(tiny_llama, conditioned):
+    heads, hidden = heads_and_hidden(tiny_llama, conditioned)
+    tree = build_tree(LARGE_TREE)
+    tokens, probs = heads.draft_tree(hidden, 17, tree)
+    assert_nodes_follow_heads(heads, hidden, 17, tree, tokens, probs)
+    first_children = {int(tokens[tree.children()[1 + parent][0]]) for parent in range(4)}  # the depth-1 nodes
+    assert (len(first_children) > 1) == conditioned  # plain heads give every depth-1 node the same children
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+@torch.no_grad()
+def test_dynamic_tree_keeps_the_most_probable_paths(tiny_llama, conditioned):
+    heads, hidden = heads_and_hidden(tiny_llama, conditioned)
+    tree, tokens, probs = heads.draft_dynamic_tree(hidden, 17, depth=3, num_nodes=9, width=3)
+    assert tree.num_nodes == 9 and tree.max_depth <= 3 and tree.max_rank <= 3
+    assert_nodes_follow_heads(heads, hidden, 17, tree, tokens, probs)
+    path_probs = [float(torch.prod(probs[tree.ancestors(node)])) for node in range(tree.num_nodes)]
+    # Every expanded node's children that were dropped are less probable than every kept node.
+    kept = set(tree.paths)
+    for node, path in enumerate(tree.paths):
+        if len(path) < 3 and any(child[:-1] == path for child in kept if len(child) == len(path) + 1):
+            dropped = [(*path, r) for r in range(3) if (*path, r) not in kept]
+            if dropped:  # ranks are ordered, so the best dropped child is the lowest rank missing
+                context = [17] + [int(tokens[a]) for a in tree.ancestors(node)]
+                context += [0] * (heads.num_heads - len(context))
+                logits = heads(hidden, torch.tensor(context) if conditioned else None)[len(path)]
+                best_dropped = path_probs[node] * float(logits.softmax(-1).topk(3).values[dropped[0][-1]])
+                assert best_dropped <= min(path_probs) + 1e-6
+    single, token, _ = heads.draft_dynamic_tree(hidden, 17, depth=3, num_nodes=1, width=3)
+    assert single.paths == ((0,),) and int(token[0]) == int(heads(hidden, torch.tensor([17, 0, 0, 0]) if conditioned
+                                                                   else None)[0].argmax())
+
+
+def test_token_conditioned_heads_need_the_targets_embeddings(tiny_llama):
+    heads = make_heads(tiny_llama, conditioned=True).attach_lm_head(tiny_llama.get_output_embeddings())
+    hidden = torch.randn(tiny_llama.config.hidden_size)
+    with pytest.raises(ValueError, match="attach_target"):
+        heads(hidden, torch.zeros(heads.num_heads, dtype=torch.long))
+    with pytest.raises(ValueError, match="need `tokens`"):
+        heads(hidden)
+    with pytest.raises(ValueError, match="input embedding table has shape"):
+        heads.attach_embeddings(torch.nn.Embedding(5, tiny_llama.config.hidden_size))
 
 
 @torch.no_grad()
@@ -124,10 +197,18 @@ def test_strategy_rejects_mismatched_heads(tiny_llama):
         hf_specdec.MedusaStrategy(tiny_llama)
 
 
-def test_config_round_trip(tmp_path):
-    config = hf_specdec.MedusaConfig(tree=[[0], [1], [0, 0]], num_speculative_tokens=3)
+@pytest.mark.parametrize("settings", [{"tree": [[0], [1], [0, 0]], "num_speculative_tokens": 3},
+                                      {"tree": "dynamic", "tree_nodes": 7, "tree_width": 2}])
+def test_config_round_trip(tmp_path, settings):
+    config = hf_specdec.MedusaConfig(**settings)
     config.save_pretrained(tmp_path)
     assert hf_specdec.StrategyConfig.from_pretrained(tmp_path) == config
+
+
+def test_dynamic_tree_settings_are_checked():
+    for bad in ({"tree_nodes": 0}, {"tree_width": 0}, {"tree_nodes": 2.5}):
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            hf_specdec.MedusaConfig(tree="dynamic", **bad)
 
 
 @pytest.fixture(scope="module")
@@ -136,15 +217,19 @@ def plain_outputs(tiny_llama):
             for seed in range(NUM_PROMPTS)]
 
 
-@pytest.mark.parametrize(("tree", "head_seed", "min_confidence", "draft_vocab_step"), [
-    (None, None, 0.0, None), ("default", None, 0.0, None), ([[0], [1], [0, 0], [1, 0], [0, 1, 0]], 7, 0.0, None),
-    (None, None, 0.1, None), ("large", None, 0.05, None), ("default", None, 0.0, 2),
+@pytest.mark.parametrize(("tree", "head_seed", "min_confidence", "draft_vocab_step", "conditioned"), [
+    (None, None, 0.0, None, False), ("default", None, 0.0, None, False),
+    ([[0], [1], [0, 0], [1, 0], [0, 1, 0]], 7, 0.0, None, False), (None, None, 0.1, None, False),
+    ("large", None, 0.05, None, False), ("default", None, 0.0, 2, False),
+    (None, 7, 0.0, None, True), ("large", 7, 0.0, None, True), ("default", None, 0.05, 2, True),
+    ("dynamic", 7, 0.0, None, False), ("dynamic", 7, 0.0, 2, True), ("dynamic", None, 0.05, None, True),
 ])
-def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed, min_confidence, draft_vocab_step):
-    # draft_vocab_step=2: drafting only from every other token id
+def test_greedy_equals_plain_generate(tiny_llama, plain_outputs, tree, head_seed, min_confidence, draft_vocab_step,
+                                      conditioned):
+    # draft_vocab_step=2: drafting only from every other token id; conditioned: token-conditioned (Hydra) heads
     draft_vocab = None if draft_vocab_step is None else list(range(0, tiny_llama.config.vocab_size, draft_vocab_step))
-    strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama, seed=head_seed, draft_vocab=draft_vocab), tree=tree,
-                                         min_confidence=min_confidence)
+    heads = make_heads(tiny_llama, seed=head_seed, draft_vocab=draft_vocab, conditioned=conditioned)
+    strategy = hf_specdec.MedusaStrategy(heads, tree=tree, min_confidence=min_confidence)
     steps = 0
     for seed, expected in enumerate(plain_outputs):
         actual = tiny_llama.generate(repetitive_prompt(seed), max_new_tokens=NEW_TOKENS, do_sample=False,
@@ -204,10 +289,11 @@ def test_tree_respects_eos_max_length_and_processors(tiny_llama):
                                tiny_llama.generate(prompt, **kwargs))
 
 
-def test_sampling_runs_and_typical_is_labelled_lossy(tiny_llama):
-    heads = make_heads(tiny_llama, seed=2)
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_sampling_runs_and_typical_is_labelled_lossy(tiny_llama, conditioned):
+    heads = make_heads(tiny_llama, seed=2, conditioned=conditioned)
     prompt = repetitive_prompt(3)
-    for tree in (None, "default"):
+    for tree in (None, "default", "dynamic"):
         strategy = hf_specdec.MedusaStrategy(heads, tree=tree)
         torch.manual_seed(0)
         out = tiny_llama.generate(prompt, max_new_tokens=20, do_sample=True, eos_token_id=None,
@@ -237,18 +323,19 @@ def test_self_consistent_heads_accept_whole_tree_paths():
 
 
 @pytest.mark.slow
-def test_committed_heads_on_the_real_model():
-    """The heads shipped in heads/medusa-smollm2-135m load, fit the real target, and keep greedy output exact."""
+@pytest.mark.parametrize("name", ["medusa-smollm2-135m", "hydra-smollm2-135m"])
+def test_committed_heads_on_the_real_model(name):
+    """The heads shipped in heads/ load, fit the real target, and keep greedy output exact."""
     from pathlib import Path
 
     from hf_specdec.data import load_humaneval
     from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
 
     model, tokenizer = load_smollm2(), load_smollm2_tokenizer()
-    heads = MedusaHeads.from_pretrained(Path(__file__).resolve().parents[1] / "heads" / "medusa-smollm2-135m")
+    heads = MedusaHeads.from_pretrained(Path(__file__).resolve().parents[1] / "heads" / name)
     prompt = tokenizer(load_humaneval(limit=1)[0].text, return_tensors="pt").input_ids
     expected = model.generate(prompt, max_new_tokens=32, do_sample=False)
-    for tree in (None, "default"):
+    for tree in (None, "default", "dynamic"):
         strategy = hf_specdec.MedusaStrategy(heads, tree=tree)
         assert torch.equal(model.generate(prompt, max_new_tokens=32, do_sample=False, assistant_model=strategy),
                            expected)

@@ -14,6 +14,7 @@ from conftest import make_llama
 from scipy.stats import chi2_contingency
 
 import hf_specdec
+import hf_specdec.tree_decoding
 import hf_specdec.verify
 
 SAMPLES = 1200
@@ -62,15 +63,29 @@ def plain_pairs(small_vocab_model):
     return sample_pairs(small_vocab_model, seed=1)
 
 
+def random_heads(token_conditioned: bool) -> hf_specdec.MedusaHeads:
+    """Random Medusa (or token-conditioned) heads for the small-vocabulary model, so the tree holds varied tokens."""
+    heads = hf_specdec.MedusaHeads(hf_specdec.MedusaHeadsConfig(16, VOCAB, num_heads=2,
+                                                                token_conditioned=token_conditioned))
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in heads.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return heads
+
+
 def strategies():
     draft = make_llama(vocab_size=VOCAB, layers=1, hidden=16, seed=12, logit_scale=3.0, eos_token_id=None)
     return {
         "ngram": hf_specdec.NGramStrategy(num_speculative_tokens=2, skip_unprofitable_drafts=False),
         "draft_model": hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=2),
+        "medusa_tree": hf_specdec.MedusaStrategy(random_heads(False), tree=[[0], [1], [0, 0], [1, 0], [0, 1]]),
+        "hydra_dynamic_tree": hf_specdec.MedusaStrategy(random_heads(True), tree="dynamic", tree_nodes=5,
+                                                        tree_width=2),
     }
 
 
-@pytest.mark.parametrize("name", ["ngram", "draft_model"])
+@pytest.mark.parametrize("name", ["ngram", "draft_model", "medusa_tree", "hydra_dynamic_tree"])
 def test_sampling_matches_plain(small_vocab_model, plain_pairs, name):
     strategy = strategies()[name]
     pairs = sample_pairs(small_vocab_model, strategy, seed=2)
@@ -83,6 +98,25 @@ def test_broken_resample_step_is_caught(small_vocab_model, plain_pairs, monkeypa
     must reject it decisively, or it could not have caught anything."""
     monkeypatch.setattr(hf_specdec.verify, "residual_distribution", lambda p_row, q_row: p_row)
     pairs = sample_pairs(small_vocab_model, strategies()["ngram"], seed=2)
+    assert homogeneity_pvalue(plain_pairs, pairs) < 1e-4
+
+
+def test_broken_tree_residual_is_caught(small_vocab_model, plain_pairs, monkeypatch):
+    """A tree verifier that falls back to p instead of the residual after rejecting the drafted children
+    over-weights them; the test must reject it for the tree strategies too."""
+
+    def without_residual(tree, node_tokens, p, generator=None):
+        tokens, children = node_tokens.tolist(), tree.children()
+        path, row = [], 0
+        while True:
+            accepted = next((c for c in children[row] if float(torch.rand(())) < float(p[row, tokens[c]])), None)
+            if accepted is None:
+                return path, int(torch.multinomial(p[row], 1))
+            path.append(accepted)
+            row = 1 + accepted
+
+    monkeypatch.setattr(hf_specdec.tree_decoding, "sampling_tree_verify", without_residual)
+    pairs = sample_pairs(small_vocab_model, strategies()["hydra_dynamic_tree"], seed=2)
     assert homogeneity_pvalue(plain_pairs, pairs) < 1e-4
 
 

@@ -50,11 +50,13 @@ def test_greedy_with_hidden_matches_plain_generate_row_by_row(recipe):
 def test_position_table_never_trains_on_prompt_labels(recipe):
     ids = list(range(10, 20))  # 4 prompt tokens, then 6 written by the target
     sequence = recipe.TrainingSequence(ids=ids, prompt_len=4, hidden=torch.arange(9.0)[:, None].repeat(1, 3))
-    hidden, labels = recipe.position_table([sequence], [0], num_heads=2)
+    hidden, labels, context = recipe.position_table([sequence], [0], num_heads=2)
     # Row t's head k predicts ids[t + 1 + k]; a label in the prompt (index < 4) is dropped.
     assert (labels[labels != -100] >= 14).all()
     assert hidden[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]  # rows whose head-1 label is the target's
     assert labels[0].tolist() == [14, 15] and labels[-1].tolist() == [19, -100]
+    # Row t's context is ids[t + 1 .. t + K] (0 past the end): head k reads the first k, prompt tokens included.
+    assert context[0].tolist() == [13, 14] and context[-1].tolist() == [18, 19]
 
 
 def test_template_prompts_are_distinct_filled_and_seeded(recipe):
@@ -66,7 +68,8 @@ def test_template_prompts_are_distinct_filled_and_seeded(recipe):
     assert prompts != recipe.template_prompts(parts, 120, seed=1)
 
 
-def test_train_returns_the_seen_vocabulary_and_resumes(recipe, tmp_path):
+@pytest.mark.parametrize("token_conditioned", [False, True])
+def test_train_returns_the_seen_vocabulary_and_resumes(recipe, tmp_path, token_conditioned):
     """`train` learns the labels of random hidden states, returns the loss vocabulary (the recipe restricts
     drafting to it) and picks up from its checkpoint."""
     from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig
@@ -76,16 +79,42 @@ def test_train_returns_the_seen_vocabulary_and_resumes(recipe, tmp_path):
     labels = (10 + hidden[:, :5].argmax(-1))[:, None].repeat(1, 2)  # [64, 2]: learnable from the hidden state
     labels[:8, 1] = -100
     lm_weight = torch.randn(97, 16, generator=generator)
+    context = torch.randint(0, 97, (64, 2), generator=generator)
     cfg = {"seed": 0, "train": {"grad_accum": 1, "loss_vocab": "seen", "lr": 0.05, "weight_decay": 0.0,
                                 "batch_size": 32, "epochs": 20, "warmup_steps": 1, "head_decay": 0.8,
                                 "eval_every": 100, "checkpoint_every": 10}}
     records = []
-    heads = MedusaHeads(MedusaHeadsConfig(16, 97, num_heads=2))
-    before = recipe.evaluate(heads, lm_weight, hidden, labels)
-    seen = recipe.train(cfg, heads, lm_weight, (hidden, labels), (hidden, labels), tmp_path, records.append)
+    config = MedusaHeadsConfig(16, 97, num_heads=2, token_conditioned=token_conditioned)
+    view = recipe.TrainingView(MedusaHeads(config), lm_weight, lm_weight)
+    data = (hidden, labels, context)
+    before = recipe.evaluate(view, *data)
+    seen = recipe.train(cfg, view, data, data, tmp_path, records.append)
     assert torch.equal(seen, torch.unique(labels[labels != -100]))
-    assert recipe.evaluate(heads, lm_weight, hidden, labels)[0] > before[0] + 0.15
+    assert recipe.evaluate(view, *data)[0] > before[0] + 0.15
     cfg["train"]["epochs"] = 21  # a longer run resumes from the saved step instead of starting over
-    recipe.train(cfg, MedusaHeads(heads.config), lm_weight, (hidden, labels), (hidden, labels), tmp_path,
+    recipe.train(cfg, recipe.TrainingView(MedusaHeads(config), lm_weight, lm_weight), data, data, tmp_path,
                  records.append)
     assert {"event": "resumed", "step": 40} in records
+
+
+def test_token_conditioned_heads_learn_what_only_the_tokens_tell(recipe, tmp_path):
+    """Labels that depend on the context token alone (not on the hidden state): token-conditioned heads learn
+    them, plain heads cannot."""
+    from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig
+
+    generator = torch.Generator().manual_seed(1)
+    hidden = 0.1 * torch.randn(256, 16, generator=generator)
+    context = torch.randint(0, 8, (256, 1), generator=generator)
+    labels = 20 + context  # head 1 must copy x_{t+1}'s class: invisible in the hidden state
+    embed = torch.randn(97, 16, generator=generator)
+    cfg = {"seed": 0, "train": {"grad_accum": 1, "loss_vocab": "full", "lr": 0.05, "weight_decay": 0.0,
+                                "batch_size": 64, "epochs": 60, "warmup_steps": 1, "head_decay": 0.8,
+                                "eval_every": 1000, "checkpoint_every": 1000}}
+    accuracy = {}
+    for conditioned in (False, True):
+        view = recipe.TrainingView(MedusaHeads(MedusaHeadsConfig(16, 97, num_heads=1, token_conditioned=conditioned)),
+                                   embed, embed)
+        recipe.train(cfg, view, (hidden, labels, context), (hidden, labels, context), tmp_path / str(conditioned),
+                     lambda record: None)
+        accuracy[conditioned] = recipe.evaluate(view, hidden, labels, context)[0]
+    assert accuracy[True] > 0.9 and accuracy[False] < 0.5

@@ -2,7 +2,9 @@
 
 The heads read the hidden state that produced the last emitted token, which the verify forward already computed
 (the loop passes it to `observe`), so drafting spends no extra target forward. Chain mode drafts each head's top-1;
-tree mode drafts each head's top-k arranged in a tree of candidate paths, all verified in ONE target forward.
+tree mode drafts each head's top-k arranged in a tree of candidate paths, all verified in ONE target forward: a
+fixed tree of rank paths, or (`tree="dynamic"`) one shaped every step by the heads' own probabilities. The same
+strategy drives token-conditioned (Hydra) heads, which draft head by head along each branch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from ..config import StrategyConfig, register_config
 from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..medusa_heads import MedusaHeads
-from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, build_tree, tree_tokens
+from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, build_tree, chain_tree
 from ..tree_decoding import TreeDraft
 from .base import Draft, SpeculativeStrategy
 from .ngram import NGramConfig, longest_match
@@ -33,9 +35,14 @@ class MedusaConfig(StrategyConfig):
                                      "longest prompt-lookup draft when `lookup_min_ngram` is on (e.g. 10)."})
     tree: str | list[list[int]] | None = field(
         default="default",
-        metadata={"help": "Candidate tree: 'default' (11 nodes), 'large' (23 nodes), a list of choice paths (e.g. [[0], [1], [0, 0]]: ranks in "
-                          "each head's top-k), or None for a single top-1 chain."},
+        metadata={"help": "Candidate tree: 'default' (11 nodes), 'large' (23 nodes), a list of choice paths (e.g. "
+                          "[[0], [1], [0, 0]]: ranks in each head's top-k), 'dynamic' (shaped every step by the "
+                          "heads' probabilities, `tree_nodes` nodes), or None for a single top-1 chain."},
     )
+    tree_nodes: int = field(
+        default=16, metadata={"help": "tree='dynamic': nodes per step (the verify forward reads this many + 1)."})
+    tree_width: int = field(
+        default=8, metadata={"help": "tree='dynamic': children tried per expanded node, and nodes expanded per depth."})
 
     min_confidence: float = field(
         default=0.0,
@@ -61,15 +68,20 @@ class MedusaConfig(StrategyConfig):
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}.")
         if self.schedule == "entropy":
             raise ValueError("schedule='entropy' is not supported by MedusaStrategy; use 'constant' or 'heuristic'.")
-        if isinstance(self.tree, str) and self.tree not in TREES:
-            raise ValueError(f"Unknown tree {self.tree!r}: use one of {sorted(TREES)}, a list of choice paths, or None.")
+        if isinstance(self.tree, str) and self.tree not in (*TREES, "dynamic"):
+            raise ValueError(f"Unknown tree {self.tree!r}: use one of {sorted(TREES)}, 'dynamic', a list of choice "
+                             "paths, or None.")
+        for name in ("tree_nodes", "tree_width"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
         if isinstance(self.tree, (list, tuple)):
             self.tree = [list(path) for path in self.tree]
             build_tree(self.tree)  # validates the paths
 
 
 class MedusaStrategy(SpeculativeStrategy):
-    """Medusa heads as the drafter. `MedusaStrategy(heads, tree="default")` or `tree=None` for a chain.
+    """Medusa heads as the drafter. `MedusaStrategy(heads, tree="default")`, `tree="dynamic"`, or `tree=None` for a
+    chain; `heads` may be plain Medusa heads or token-conditioned (Hydra) ones.
 
     Greedy decoding equals plain `generate`; sampling is verified losslessly (point-mass candidates, recursive
     rejection sampling over the tree); `verification="typical"` is Medusa's LOSSY typical acceptance.
@@ -85,7 +97,8 @@ class MedusaStrategy(SpeculativeStrategy):
         if not isinstance(heads, MedusaHeads):
             raise TypeError(f"heads must be MedusaHeads (MedusaHeads.from_pretrained(...)), got {type(heads).__name__}.")
         self.heads = heads.eval()
-        paths = TREES.get(self.config.tree, self.config.tree) if isinstance(self.config.tree, str) else self.config.tree
+        self._dynamic = self.config.tree == "dynamic"
+        paths = TREES.get(self.config.tree) if isinstance(self.config.tree, str) else self.config.tree
         self._paths = None if paths is None else [tuple(p) for p in paths]
         self._trees: dict[int, TokenTree] = {}
         self._hidden: torch.Tensor | None = None
@@ -93,8 +106,7 @@ class MedusaStrategy(SpeculativeStrategy):
     def begin(self, target, input_ids, generation_config, logits_processor) -> None:
         super().begin(target, input_ids, generation_config, logits_processor)
         check_heads_fit(self.heads, target)
-        if self.heads.lm_heads is None:
-            self.heads.attach_lm_head(target.get_output_embeddings())
+        self.heads.attach_target(target)
         if is_cpu_optimized(target) and not is_cpu_optimized(self.heads):
             optimize_for_cpu(self.heads)  # the heads' own linears get the same skinny-input kernels
         self._hidden = None
@@ -116,19 +128,23 @@ class MedusaStrategy(SpeculativeStrategy):
         depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
         if self._hidden is None or depth < 1:
             return Draft.empty(input_ids.device)
-        tree = None if self._paths is None else self._tree(depth)
         hidden = self._hidden.to(dtype=next(self.heads.parameters()).dtype)
-        logits, vocab = self.heads.draft_logits(hidden, depth if tree is None else tree.max_depth)  # [D, V']
-        top = logits.softmax(dim=-1).topk(1 if tree is None else tree.max_rank, dim=-1)  # [D, k]
-        candidates = top.indices if vocab is None else vocab[top.indices]  # [D, k] token ids
-        if tree is None:
-            confident = top.values[:, 0].cumprod(0) >= self.config.min_confidence  # [D]
-            return Draft(candidates[: int(confident.to(torch.int64).cumprod(0).sum()), 0])
+        last_token = int(input_ids[0, -1])
+        if self._dynamic:
+            tree, tokens, probs = self.heads.draft_dynamic_tree(hidden, last_token, depth, self.config.tree_nodes,
+                                                                self.config.tree_width)
+        else:
+            tree = chain_tree(depth) if self._paths is None else self._tree(depth)
+            tokens, probs = self.heads.draft_tree(hidden, last_token, tree)  # [N], [N]
+        if self._paths is None and not self._dynamic:  # a chain: keep the prefix whose path probability is high enough
+            confident = probs.cumprod(0) >= self.config.min_confidence  # [D]
+            return Draft(tokens[: int(confident.to(torch.int64).cumprod(0).sum())])
         if self.config.min_confidence > 0:
-            tree = confident_subtree(tree, top.values, self.config.min_confidence)
-            if tree is None:
+            kept = confident_nodes(tree, probs, self.config.min_confidence)
+            if not kept:
                 return Draft.empty(input_ids.device)
-        return Draft(candidates[:, 0], tree=TreeDraft(tree, tree_tokens(tree, candidates)))
+            tokens, tree = tokens[kept], build_tree([tree.paths[i] for i in kept])
+        return Draft(tokens[tree_chain_nodes(tree)], tree=TreeDraft(tree, tokens))
 
     def _tree(self, depth: int) -> TokenTree:
         if depth not in self._trees:
@@ -136,16 +152,23 @@ class MedusaStrategy(SpeculativeStrategy):
         return self._trees[depth]
 
 
-def confident_subtree(tree: TokenTree, top_probs: torch.Tensor, min_confidence: float) -> TokenTree | None:
-    """The nodes whose path probability (product of `top_probs[depth - 1, rank]` along the path, `top_probs`
-    `[D, k]`) is at least `min_confidence`, as a tree; None if no node is left. Path probabilities only shrink
-    with depth, so the kept set is closed under prefixes."""
-    node_probs = top_probs[tree.depths - 1, tree.ranks].tolist()  # [N]
+def confident_nodes(tree: TokenTree, node_probs: torch.Tensor, min_confidence: float) -> list[int]:
+    """The nodes whose path probability (product of `node_probs` `[N]` along the path) is at least
+    `min_confidence`, in tree order. Path probabilities only shrink with depth, so the kept set is closed under
+    prefixes and keeps the tree's node order."""
     path_probs: list[float] = []
     for node, parent in enumerate(tree.parents.tolist()):  # parents precede children
-        path_probs.append(node_probs[node] * (path_probs[parent] if parent >= 0 else 1.0))
-    kept = [path for path, prob in zip(tree.paths, path_probs) if prob >= min_confidence]
-    return build_tree(kept) if kept else None
+        path_probs.append(float(node_probs[node]) * (path_probs[parent] if parent >= 0 else 1.0))
+    return [node for node, prob in enumerate(path_probs) if prob >= min_confidence]
+
+
+def tree_chain_nodes(tree: TokenTree) -> list[int]:
+    """The nodes of the tree's top-1 chain (rank 0 at every depth), from depth 1."""
+    chain, row, children = [], 0, tree.children()
+    while children[row]:
+        chain.append(children[row][0])
+        row = 1 + chain[-1]
+    return chain
 
 
 def check_heads_fit(heads: MedusaHeads, target) -> None:
