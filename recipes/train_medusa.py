@@ -11,7 +11,9 @@ Steps (each cached under `data.cache_dir`, so a rerun resumes where the last one
    self-distilled text (no second forward), one no-grad forward per stdlib chunk;
 3. the heads alone, trained with sum_k decay**k * CE_k (head k predicts the token k + 1 positions ahead) on the
    positions whose labels the target wrote (not on the prompts), with checkpoints every `checkpoint_every` steps
-   (resumed automatically) and per-head top-1 accuracy on held-out text.
+   (resumed automatically) and per-head top-1 accuracy on held-out text. Token-conditioned (Hydra) heads
+   (`heads.token_conditioned: true`, e.g. `recipes/medusa/smollm2_135m_hydra.yaml`) also read the text's own tokens
+   before their target (teacher forcing): along an accepted draft those are exactly the tokens they see at run time.
 """
 
 from __future__ import annotations
