@@ -50,7 +50,7 @@ def tree_settings(name: str) -> dict:
         return {"tree": None}
     if name.startswith("dynamic:"):  # dynamic:N or dynamic:N:WIDTH
         numbers = [int(n) for n in name.split(":")[1:]]
-        return {"tree": "dynamic", "tree_nodes": numbers[0], **({"tree_width": numbers[1]} if len(numbers) > 1 else {})}
+        return dict(zip(("tree_nodes", "tree_width"), numbers), tree="dynamic")
     return {"tree": json.loads(name) if name.startswith("[") else name}
 
 
@@ -63,7 +63,8 @@ def replay(model, strategy, record: dict, hidden: torch.Tensor) -> tuple[int, in
     steps, nodes = 0, 0
     while len(ids) - len(prompt) < len(output):
         position = len(ids) - len(prompt)
-        strategy._hidden = hidden[len(ids) - 2]  # produced the last emitted token
+        # What the loop tells the strategy after each step: the hidden state that produced the last emitted token.
+        strategy.observe(torch.tensor([ids]), Draft.empty(), 0, None, None, hidden[len(ids) - 2 : len(ids) - 1])
         budget = len(output) - position
         draft = strategy.propose(torch.tensor([ids]), min(strategy.config.num_speculative_tokens, budget - 1))
         depth = min(accepted_depth(draft, output[position:]), budget - 1)

@@ -245,12 +245,10 @@ class MedusaHeads(nn.Module):
         if self.token_blocks is not None:
             raise ValueError("Token-conditioned heads draft head by head: use draft_tree.")
         states = torch.stack([block(hidden_state) for block in self.blocks[:depth]])  # [D, H]
-        projections = self._drafting_projections()
         if self.lm_heads is None:  # the shared LM head: one product for every head
-            logits = projections[0](states.to(projections[0].weight.dtype))
-        else:
-            logits = torch.stack([head(states[i].to(head.weight.dtype)) for i, head in enumerate(projections[:depth])])
-        return logits.float(), self.draft_token_ids
+            return self._draft_projection(0, states)
+        logits = torch.cat([self._draft_projection(k, states[k : k + 1])[0] for k in range(depth)])  # [D, V']
+        return logits, self.draft_token_ids
 
     @torch.no_grad()
     def draft_tree(self, hidden_state: torch.Tensor, last_token: int, tree: TokenTree,

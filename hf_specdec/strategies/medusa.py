@@ -134,7 +134,7 @@ class MedusaStrategy(SpeculativeStrategy):
             tree, tokens, probs = self.heads.draft_dynamic_tree(hidden, last_token, depth, self.config.tree_nodes,
                                                                 self.config.tree_width)
         else:
-            tree = chain_tree(depth) if self._paths is None else self._tree(depth)
+            tree = self._tree(depth)
             tokens, probs = self.heads.draft_tree(hidden, last_token, tree)  # [N], [N]
         if self._paths is None and not self._dynamic:  # a chain: keep the prefix whose path probability is high enough
             confident = probs.cumprod(0) >= self.config.min_confidence  # [D]
@@ -147,8 +147,9 @@ class MedusaStrategy(SpeculativeStrategy):
         return Draft(tokens[tree_chain_nodes(tree)], tree=TreeDraft(tree, tokens))
 
     def _tree(self, depth: int) -> TokenTree:
+        """The fixed tree (or, in chain mode, the chain) cut to `depth`, built once per depth."""
         if depth not in self._trees:
-            self._trees[depth] = build_tree(self._paths, max_depth=depth)
+            self._trees[depth] = chain_tree(depth) if self._paths is None else build_tree(self._paths, max_depth=depth)
         return self._trees[depth]
 
 
