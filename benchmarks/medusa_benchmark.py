@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 import torch
-from core_benchmark import print_table, run_once, summarise
+from core_benchmark import METHODS as CORE_METHODS, print_table, run_once, summarise
 
 import hf_specdec
 from hf_specdec.cpu_speedups import optimize_for_cpu
@@ -43,6 +43,7 @@ def make_methods(heads, hydra=None) -> dict:
         "plain": dict,
         "ngram": lambda: {"assistant_model": hf_specdec.NGramStrategy()},
         "ngram-min2": lambda: {"assistant_model": hf_specdec.NGramStrategy(min_ngram_size=2)},
+        "transformers-prompt-lookup": CORE_METHODS["transformers-prompt-lookup"],  # Transformers' built-in
         "medusa-chain-full-vocab": lambda: {"assistant_model": hf_specdec.MedusaStrategy(full, tree=None)},
         "medusa-tree-full-vocab": lambda: {"assistant_model": hf_specdec.MedusaStrategy(full, tree="default")},
         "medusa-chain-gated": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree=None,
