@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 import torch
-from core_benchmark import METHODS as CORE_METHODS, print_table, run_once, summarise
+from core_benchmark import METHODS as CORE_METHODS
+from core_benchmark import print_table, run_once, summarise
 
 import hf_specdec
 from hf_specdec.cpu_speedups import optimize_for_cpu
