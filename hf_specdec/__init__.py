@@ -4,6 +4,7 @@ Importing the package installs the generate hook (see `hf_specdec.hook`); plain 
 """
 
 from . import hook
+from .auto import AutoStrategy
 from .config import StrategyConfig
 from .medusa_heads import MedusaHeads, MedusaHeadsConfig
 from .stats import GenerationStats, StepEvent
@@ -27,6 +28,7 @@ hook.install()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoStrategy",
     "STRATEGIES",
     "Draft",
     "DraftModelConfig",

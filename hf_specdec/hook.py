@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 
 import transformers
 from packaging.version import Version
@@ -55,11 +56,27 @@ def install() -> None:
         arguments = signature.bind_partial(self, *args, **kwargs).arguments
         strategy = arguments.get("assistant_model")
         if not isinstance(strategy, SpeculativeStrategy):
+            check_assistant(strategy)
             return original(self, *args, **kwargs)
         return _generate_with_strategy(original, self, strategy, dict(arguments))
 
     generate._hf_specdec_original = original
     GenerationMixin.generate = generate
+
+
+def check_assistant(assistant) -> None:
+    """Refuses what neither hf_specdec nor Transformers' assisted generation can run, saying what is accepted."""
+    if assistant is None or isinstance(assistant, GenerationMixin):
+        return
+    hint = ""
+    if isinstance(assistant, (str, os.PathLike)):
+        hint = (f" To run a saved strategy, load it first: hf_specdec.AutoStrategy.from_pretrained({str(assistant)!r}), "
+                f"or pass custom_generate={str(assistant)!r}, trust_remote_code=True; for a draft model, load it with "
+                "AutoModelForCausalLM.from_pretrained.")
+    raise TypeError(f"assistant_model got a {type(assistant).__name__}. It accepts an hf_specdec strategy "
+                    "(NGramStrategy(), NASDStrategy(), DraftModelStrategy(draft), MedusaStrategy(heads), or "
+                    "AutoStrategy.from_pretrained(folder)), a Transformers model (Transformers' own assisted "
+                    f"generation), or None.{hint}")
 
 
 def uninstall() -> None:

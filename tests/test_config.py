@@ -63,7 +63,8 @@ def test_push_to_hub_uploads_the_json(monkeypatch):
             return "https://hub/commit/1"
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    url = hf_specdec.NGramStrategy(num_speculative_tokens=4).push_to_hub("me/ngram", token="t")
+    # A config alone uploads only its JSON; a strategy uploads its whole folder (tests/test_publishing.py).
+    url = hf_specdec.NGramConfig(num_speculative_tokens=4).push_to_hub("me/ngram", token="t")
     assert url == "https://hub/commit/1"
     assert calls["repo"] == "me/ngram" and calls["files"] == [CONFIG_NAME]
     assert calls["content"]["num_speculative_tokens"] == 4

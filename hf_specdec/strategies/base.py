@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 from transformers.generation.candidate_generator import CandidateGenerator
 
-from ..config import StrategyConfig
+from ..config import StrategyConfig, push_folder_to_hub
+from ..publishing import (check_target_fits, read_target_file, resolve_folder, target_fingerprint,
+                          write_custom_generate, write_model_card, write_target_file)
 from ..schedules import make_schedule
 from ..stats import GenerationStats, StepEvent
 from ..tree_decoding import TreeDraft
@@ -66,6 +69,8 @@ class SpeculativeStrategy(CandidateGenerator):
         self.generation_config: GenerationConfig | None = None
         self.logits_processor: LogitsProcessorList | None = None
         self._last_draft_length = 0
+        # The target this strategy was saved for (`hf_specdec_target.json`), checked in `begin`; None: any target.
+        self.made_for: dict[str, Any] | None = None
 
     @property
     def lossless(self) -> bool:
@@ -76,6 +81,7 @@ class SpeculativeStrategy(CandidateGenerator):
     def begin(self, target: PreTrainedModel, input_ids: torch.LongTensor, generation_config: GenerationConfig,
               logits_processor: LogitsProcessorList) -> None:
         """Called once per `generate` call, before the prefill. Subclasses validate the target here."""
+        check_target_fits(self.made_for, target)
         self.target = target
         self.generation_config = generation_config
         self.logits_processor = logits_processor
@@ -110,17 +116,63 @@ class SpeculativeStrategy(CandidateGenerator):
         if self._last_draft_length:
             self.schedule.update(self._last_draft_length, int(num_matches))
 
-    # ---- configs ------------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        self.config.save_pretrained(save_directory)
+    # ---- saving and loading: one self-contained folder (see `hf_specdec.publishing`) ---------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, *, target: PreTrainedModel | None = None,
+                        base_model: str | None = None, repo_id: str | None = None,
+                        metrics: Mapping[str, Any] | None = None, **component_options: Any) -> Path:
+        """Writes the config, the weights the strategy needs, `custom_generate/` and a model card into
+        `save_directory`, so `generate(custom_generate=save_directory, trust_remote_code=True)` runs it.
+
+        target: the model it is for (default: the one of the latest `generate` call, if any); recorded so that
+        another target is refused. base_model: the target's Hub id for the model card. metrics: measured numbers
+        for the card (default: the latest call's statistics)."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(directory)
+        self.save_components(directory, **component_options)
+        target = target if target is not None else self.target
+        made_for = target_fingerprint(target, base_model) if target is not None else self.made_for
+        write_target_file(directory, made_for)
+        target_name = (made_for or {}).get("name")
+        title = f"{type(self).__name__} for {target_name}" if target_name else type(self).__name__
+        write_custom_generate(directory, title, repo_id)
+        if metrics is None and self.last_stats is not None:
+            stats = self.last_stats
+            metrics = {"acceptance rate (latest call)": f"{stats.acceptance_rate:.2f}",
+                       "mean accepted length (latest call)": f"{stats.mean_accepted_length:.2f}"}
+        write_model_card(directory, title=title, strategy_type=self.config.strategy_type,
+                         config=self.config.to_dict(), base_model=base_model or _hub_id(target_name),
+                         repo_id=repo_id, metrics=metrics)
+        return directory
+
+    def save_components(self, directory: Path) -> None:
+        """Subclasses with weights (heads, a draft model) write them into the strategy folder here."""
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *args: Any, **kwargs: Any) -> SpeculativeStrategy:
-        """Rebuilds the strategy from a saved config; extra arguments (e.g. a draft model) pass to the constructor."""
-        return cls(*args, config=cls.config_class.from_pretrained(path_or_repo_id), **kwargs)
+    def load_components(cls, directory: Path) -> tuple:
+        """The constructor's positional arguments (heads, draft model) read back from a strategy folder."""
+        return ()
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        return self.config.push_to_hub(repo_id, **kwargs)
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *args: Any, **overrides: Any) -> SpeculativeStrategy:
+        """Rebuilds the strategy from a folder (or Hub repo) that `save_pretrained` wrote. Positional arguments
+        (e.g. a draft model already in memory) replace what the folder holds; keyword arguments override settings."""
+        directory = resolve_folder(path_or_repo_id)
+        config = cls.config_class.from_pretrained(directory)
+        strategy = cls(*(args or cls.load_components(directory)), config=config, **overrides)
+        strategy.made_for = read_target_file(directory)
+        return strategy
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload hf_specdec strategy", **save_kwargs: Any) -> str:
+        """Uploads the folder `save_pretrained` writes (weights included) to `repo_id`; returns the commit URL."""
+        return push_folder_to_hub(lambda folder: self.save_pretrained(folder, repo_id=repo_id, **save_kwargs),
+                                  repo_id, private=private, token=token, commit_message=commit_message)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def _hub_id(name: str | None) -> str | None:
+    """A target name fit for the card's `base_model` metadata: only Hub ids ("org/name") are."""
+    return name if name and name.count("/") == 1 and not Path(name).exists() else None

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
 from .base import Draft, SpeculativeStrategy
+
+
+DRAFT_DIR = "draft"  # the draft model inside a strategy folder
+DRAFT_POINTER = "draft_model.json"  # or only where to load it from
 
 
 @register_config
@@ -43,6 +49,30 @@ class DraftModelStrategy(SpeculativeStrategy):
         self.draft_model = draft_model.eval()
         self._cache: DynamicCache | None = None
         self._cached_tokens: list[int] = []  # the tokens whose keys/values the draft cache holds
+
+    def save_components(self, directory: Path, include_draft: bool = True) -> None:
+        """`draft/`: the draft model (safetensors), or with `include_draft=False` only `draft_model.json`, a pointer
+        to the repo or folder the draft was loaded from."""
+        pointer = directory / DRAFT_POINTER
+        if include_draft:
+            self.draft_model.save_pretrained(directory / DRAFT_DIR)
+            pointer.unlink(missing_ok=True)
+            return
+        name = str(getattr(self.draft_model.config, "_name_or_path", "") or "")
+        if not name:
+            raise ValueError("This draft model was not loaded from a repo or folder, so there is nothing to point to; "
+                             "save it with include_draft=True (the default).")
+        pointer.write_text(json.dumps({"name_or_path": name}, indent=2) + "\n")
+
+    @classmethod
+    def load_components(cls, directory: Path) -> tuple[PreTrainedModel]:
+        if (directory / DRAFT_DIR).is_dir():
+            return (AutoModelForCausalLM.from_pretrained(directory / DRAFT_DIR),)
+        if (directory / DRAFT_POINTER).is_file():
+            name = json.loads((directory / DRAFT_POINTER).read_text())["name_or_path"]
+            return (AutoModelForCausalLM.from_pretrained(name),)
+        raise ValueError(f"{directory} has no draft model ({DRAFT_DIR}/ or {DRAFT_POINTER}); pass the draft: "
+                         "DraftModelStrategy.from_pretrained(folder, draft_model).")
 
     def begin(self, target, input_ids, generation_config, logits_processor) -> None:
         super().begin(target, input_ids, generation_config, logits_processor)

@@ -10,6 +10,7 @@ strategy drives token-conditioned (Hydra) heads, which draft head by head along 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -102,6 +103,13 @@ class MedusaStrategy(SpeculativeStrategy):
         self._paths = None if paths is None else [tuple(p) for p in paths]
         self._trees: dict[int, TokenTree] = {}
         self._hidden: torch.Tensor | None = None
+
+    def save_components(self, directory: Path) -> None:
+        self.heads.save_pretrained(directory)  # config.json + model.safetensors: the folder is a heads folder too
+
+    @classmethod
+    def load_components(cls, directory: Path) -> tuple[MedusaHeads]:
+        return (MedusaHeads.from_pretrained(directory),)
 
     def begin(self, target, input_ids, generation_config, logits_processor) -> None:
         super().begin(target, input_ids, generation_config, logits_processor)

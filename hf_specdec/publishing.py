@@ -1,0 +1,159 @@
+"""One self-contained folder per strategy, laid out the way Transformers' `custom_generate` repositories are.
+
+    my-strategy/
+      hf_specdec_config.json        the strategy config (`StrategyConfig`)
+      hf_specdec_target.json        which target it was made for (checked when it meets a target)
+      config.json, model.safetensors   Medusa/Hydra heads, when the strategy has them
+      draft/                        the draft model (or draft_model.json, a pointer to the draft's repo)
+      custom_generate/generate.py   `generate(custom_generate="my-strategy", trust_remote_code=True)` runs it
+      custom_generate/requirements.txt
+      README.md                     model card with Hub metadata and the measured numbers when known
+
+`custom_generate/generate.py` is a few lines that import hf_specdec, rebuild the strategy from the folder (or the
+Hub repo) it was loaded from and call `generate` again with it as `assistant_model`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+TARGET_FILE = "hf_specdec_target.json"
+CUSTOM_GENERATE_DIR = "custom_generate"
+# What decides whether a strategy's weights fit a target; the name is only for messages and the model card.
+TARGET_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
+
+_GENERATE_PY = '''"""`custom_generate` entry point written by hf_specdec {version}: speculative decoding with {title}.
+
+    model.generate(**inputs, custom_generate="<this folder or Hub repo>", trust_remote_code=True)
+
+The output is the one plain `generate` gives (greedy: token for token; sampling: the same distribution).
+"""
+
+import hf_specdec.publishing
+
+# Where the strategy was saved (used only when the folder or repo that `generate` was given cannot be found).
+SAVED_AT = {saved_at!r}
+REPO_ID = {repo_id!r}
+
+
+def generate(model, **kwargs):
+    return hf_specdec.publishing.run_custom_generate(model, kwargs, saved_at=SAVED_AT, repo_id=REPO_ID)
+'''
+
+
+def target_fingerprint(model, name: str | None = None) -> dict[str, Any]:
+    """What a strategy folder records about its target: architecture sizes plus a name for people."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    info: dict[str, Any] = {key: getattr(config, key, None) for key in TARGET_KEYS}
+    head = model.get_output_embeddings()
+    if head is not None:  # the LM head's rows are what drafts index into
+        info["vocab_size"] = int(head.weight.shape[0])
+    info["name"] = name or Path(str(getattr(model.config, "_name_or_path", "") or "unknown")).name
+    return info
+
+
+def check_target_fits(made_for: Mapping[str, Any] | None, target) -> None:
+    """Refuses a target whose architecture differs from the one the strategy folder was made for."""
+    if not made_for:
+        return
+    found = target_fingerprint(target)
+    different = {key: (made_for[key], found[key]) for key in TARGET_KEYS
+                 if made_for.get(key) is not None and found[key] is not None and made_for[key] != found[key]}
+    if different:
+        details = ", ".join(f"{key} {saved} (this target: {now})" for key, (saved, now) in different.items())
+        raise ValueError(f"This strategy was made for {made_for.get('name', 'another target')!r}: {details}. Use it "
+                         "with that target, or build and save a strategy for this one.")
+
+
+def write_target_file(directory: Path, made_for: Mapping[str, Any] | None) -> None:
+    path = directory / TARGET_FILE
+    if made_for:
+        path.write_text(json.dumps(dict(made_for), indent=2, sort_keys=True) + "\n")
+    elif path.exists():
+        path.unlink()
+
+
+def read_target_file(directory: Path) -> dict[str, Any] | None:
+    path = directory / TARGET_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_custom_generate(directory: Path, title: str, repo_id: str | None) -> None:
+    """`custom_generate/generate.py` and `requirements.txt` for Transformers' `custom_generate=` loader."""
+    from . import __version__
+
+    folder = directory / CUSTOM_GENERATE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "generate.py").write_text(_GENERATE_PY.format(version=__version__, title=title,
+                                                            saved_at=str(directory.resolve()), repo_id=repo_id))
+    (folder / "requirements.txt").write_text(f"hf_specdec>={__version__}\n")
+
+
+def write_model_card(directory: Path, *, title: str, strategy_type: str, config: Mapping[str, Any],
+                     base_model: str | None, repo_id: str | None, metrics: Mapping[str, Any] | None) -> None:
+    """README.md with Hub metadata (library_name, base_model, tags), usage and the measured numbers when known."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(library_name="transformers", base_model=base_model,
+                         tags=["custom_generate", "speculative-decoding", "hf_specdec", strategy_type])
+    where = repo_id or directory.name
+    lines = [f"# {title}", "",
+             f"Speculative decoding for `{base_model or 'its target'}` with hf_specdec (`pip install hf_specdec`): the "
+             "same tokens `generate` would give, in fewer target forwards.", "",
+             "```python",
+             f'out = model.generate(**inputs, custom_generate="{where}", trust_remote_code=True, max_new_tokens=128)',
+             "```", "", "or, with hf_specdec imported:", "", "```python", "import hf_specdec", "",
+             f'strategy = hf_specdec.AutoStrategy.from_pretrained("{where}")',
+             "out = model.generate(**inputs, assistant_model=strategy, max_new_tokens=128)", "```", "",
+             "## Settings", "", "```json", json.dumps(dict(config), indent=2, sort_keys=True), "```", ""]
+    if metrics:
+        lines += ["## Measured", "", "| what | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in metrics.items()] + [""]
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(directory / "README.md")
+
+
+def resolve_folder(path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
+    """A local folder as it is, else a snapshot of the Hub repo (`huggingface_hub.snapshot_download`)."""
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path_or_repo_id), **hub_kwargs))
+
+
+def run_custom_generate(model, generate_kwargs: dict[str, Any], *, saved_at: str | None, repo_id: str | None):
+    """Body of every `custom_generate/generate.py`: load the strategy, then `generate` with it as assistant."""
+    from .auto import AutoStrategy
+
+    if generate_kwargs.get("assistant_model") is not None:
+        raise ValueError("custom_generate=<hf_specdec folder> brings its own drafter; do not also pass assistant_model.")
+    source = _custom_generate_source() or _existing(saved_at) or repo_id
+    if source is None:
+        raise ValueError(f"Cannot find this strategy's folder: it was saved at {saved_at!r}, which no longer exists, "
+                         "and it names no Hub repo. Pass the folder to AutoStrategy.from_pretrained instead.")
+    strategy = AutoStrategy.from_pretrained(source)
+    generate_kwargs = {key: value for key, value in generate_kwargs.items() if key != "assistant_model"}
+    return model.generate(assistant_model=strategy, **generate_kwargs)
+
+
+def _custom_generate_source() -> str | None:
+    """The `custom_generate=` string the caller gave Transformers' `generate` (a folder or a repo id): it is a local
+    of that frame, and the only record of where this code was loaded from (Transformers copies generate.py into
+    its module cache first)."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        value = frame.f_locals.get("custom_generate") if frame.f_code.co_name == "generate" else None
+        if isinstance(value, (str, os.PathLike)):
+            return str(value)
+        frame = frame.f_back
+    return None
+
+
+def _existing(path: str | None) -> str | None:
+    return path if path and Path(path).is_dir() else None
