@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 from core_benchmark import METHODS as CORE_METHODS
-from core_benchmark import print_table, run_once, summarise
 
 import hf_specdec
+from hf_specdec.benchmarking import print_table, run_once, summarise
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer

@@ -2,6 +2,7 @@
 
     hf-specdec chat [--model DIR] [--draft DIR] [--device cpu|cuda]     # the REPL (see /help inside)
     hf-specdec generate "prompt" [--strategy ngram|nasd|draft_model|egag|medusa|target|drafter] [--json]
+    hf-specdec demo [--code 3] [--prose 3] [--png demo.png]              # a few prompts: speedup table + PNG
     hf-specdec eval ...                                                  # forwarded to hf_specdec.eval.main
 
 Without --model the target is the packaged SmolLM2-135M-Instruct (nothing is downloaded).
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="Print one JSON object instead of the streamed text.")
     _add_model_options(gen)
     _add_generation_options(gen)
+    demo = sub.add_parser("demo", help="A few code and prose prompts: plain vs Transformers' prompt lookup vs our "
+                                       "strategies, a speedup table and a PNG (minutes on a CPU).")
+    demo.add_argument("--code", type=int, default=2, help="HumanEval prompts (from 0).")
+    demo.add_argument("--prose", type=int, default=2, help="MT-Bench prose prompts.")
+    demo.add_argument("--max-new-tokens", type=_positive_int, default=96)
+    demo.add_argument("--png", default="demo.png", help="Where to write the speedup plot.")
+    _add_model_options(demo)
     sub.add_parser("eval", help="Evaluation suite (arguments go to hf_specdec.eval; try `hf-specdec eval --help`).",
                    add_help=False)
     return parser
@@ -142,6 +150,19 @@ def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     return 1 if repl.errors else 0
 
 
+def run_demo(args: argparse.Namespace, stdout=None) -> int:
+    from pathlib import Path
+
+    from .demo import run_demo as demo
+
+    console = _console(args, stdout)
+    with console.status("loading the target...") if console.is_terminal else _nothing():
+        bundle = _load(args)
+    demo(bundle, code=args.code, prose=args.prose, max_new_tokens=args.max_new_tokens, png=Path(args.png),
+         console=console)
+    return 0
+
+
 def run_eval(argv: list[str]) -> int:
     try:
         from .eval import main as eval_main
@@ -168,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return run_chat(args)
+        if args.command == "demo":
+            return run_demo(args)
         return run_generate(args)
     except (ValueError, ImportError, FileNotFoundError) as error:
         print(f"hf-specdec {args.command}: {error}", file=sys.stderr)

@@ -103,6 +103,10 @@ class StrategyConfig:
         path = Path(path_or_repo_id)
         if path.is_dir():
             path = path / CONFIG_NAME
+            if not path.is_file():
+                raise ValueError(f"{path_or_repo_id} has no {CONFIG_NAME}, so it is not an hf_specdec strategy folder "
+                                 "(write one with strategy.save_pretrained). A folder of Medusa heads alone loads with "
+                                 "MedusaStrategy(MedusaHeads.from_pretrained(folder)).")
         if not path.is_file():
             from huggingface_hub import hf_hub_download
 

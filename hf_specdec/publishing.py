@@ -36,13 +36,11 @@ The output is the one plain `generate` gives (greedy: token for token; sampling:
 
 import hf_specdec.publishing
 
-# Where the strategy was saved (used only when the folder or repo that `generate` was given cannot be found).
-SAVED_AT = {saved_at!r}
-REPO_ID = {repo_id!r}
+REPO_ID = {repo_id!r}  # where it was pushed; used only if the `custom_generate=` argument cannot be read
 
 
 def generate(model, **kwargs):
-    return hf_specdec.publishing.run_custom_generate(model, kwargs, saved_at=SAVED_AT, repo_id=REPO_ID)
+    return hf_specdec.publishing.run_custom_generate(model, kwargs, repo_id=REPO_ID)
 '''
 
 
@@ -89,8 +87,7 @@ def write_custom_generate(directory: Path, title: str, repo_id: str | None) -> N
 
     folder = directory / CUSTOM_GENERATE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "generate.py").write_text(_GENERATE_PY.format(version=__version__, title=title,
-                                                            saved_at=str(directory.resolve()), repo_id=repo_id))
+    (folder / "generate.py").write_text(_GENERATE_PY.format(version=__version__, title=title, repo_id=repo_id))
     (folder / "requirements.txt").write_text(f"hf_specdec>={__version__}\n")
 
 
@@ -127,16 +124,17 @@ def resolve_folder(path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> Pat
     return Path(snapshot_download(str(path_or_repo_id), **hub_kwargs))
 
 
-def run_custom_generate(model, generate_kwargs: dict[str, Any], *, saved_at: str | None, repo_id: str | None):
+def run_custom_generate(model, generate_kwargs: dict[str, Any], *, repo_id: str | None):
     """Body of every `custom_generate/generate.py`: load the strategy, then `generate` with it as assistant."""
     from .auto import AutoStrategy
 
     if generate_kwargs.get("assistant_model") is not None:
         raise ValueError("custom_generate=<hf_specdec folder> brings its own drafter; do not also pass assistant_model.")
-    source = _custom_generate_source() or _existing(saved_at) or repo_id
+    source = _custom_generate_source() or repo_id
     if source is None:
-        raise ValueError(f"Cannot find this strategy's folder: it was saved at {saved_at!r}, which no longer exists, "
-                         "and it names no Hub repo. Pass the folder to AutoStrategy.from_pretrained instead.")
+        raise ValueError("Cannot tell which folder this custom_generate code was loaded from, and it names no Hub "
+                         "repo: load the strategy with hf_specdec.AutoStrategy.from_pretrained(folder) and pass it "
+                         "as assistant_model.")
     strategy = AutoStrategy.from_pretrained(source)
     generate_kwargs = {key: value for key, value in generate_kwargs.items() if key != "assistant_model"}
     return model.generate(assistant_model=strategy, **generate_kwargs)
@@ -153,7 +151,3 @@ def _custom_generate_source() -> str | None:
             return str(value)
         frame = frame.f_back
     return None
-
-
-def _existing(path: str | None) -> str | None:
-    return path if path and Path(path).is_dir() else None

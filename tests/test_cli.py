@@ -382,3 +382,16 @@ def test_debug_trace_names_each_part():
     assert "drafted  4, accepted  2" in lines[1] and "\x1b[32m'BC'\x1b[0m" in lines[1]
     assert "\x1b[2;9;31m'xy'\x1b[0m" in lines[1] and "\x1b[1;33m'D'\x1b[0m" in lines[1]
     assert "ok \x1b" in lines[1]  # the labels themselves are not dimmed
+
+
+def test_demo_prints_the_table_and_writes_the_png(capsys, tmp_path):
+    """`hf-specdec demo` end to end on the tiny model: every method timed, outputs checked, a PNG written. The
+    committed heads are skipped: they were made for another target."""
+    png = tmp_path / "demo.png"
+    assert main(["demo", "--model", TINY_RANDOM, "--code", "1", "--prose", "1", "--max-new-tokens", "12",
+                 "--png", str(png), "--no-color"]) == 0
+    out = capsys.readouterr().out
+    for method in ("plain", "transformers-lookup", "ngram", "nasd"):
+        assert method in out
+    assert "hydra" not in out and "2/2" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"

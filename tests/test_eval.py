@@ -264,3 +264,26 @@ def test_mismatch_reports_position_and_top2_gap(tmp_path):
     record = store.find("match", prompt.uid, "broken")
     assert not record["match"] and record["position"] == 5
     assert record["top1"] == plain[5] and record["method_token"] == wrong[5] and record["logit_gap"] >= 0
+
+
+def test_accelerate_launch_on_cpu_starts_two_processes(tmp_path):
+    """The documented CPU command: `accelerate launch --multi_gpu --num_processes 2` (torchrun + gloo underneath)
+    splits the prompts over two processes and writes one report."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    recipe = write_recipe(tmp_path, methods=METHODS[:3], sampling_test={"enabled": False})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--main_process_port", str(port), "-m", "hf_specdec.eval", "--config", recipe, "--out", str(out),
+               "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["processes"] == 2 and (out / "report.md").is_file()

@@ -1,4 +1,4 @@
-"""`hf-specdec eval` / `python -m hf_specdec.eval` / `accelerate launch -m hf_specdec.eval`.
+"""`hf-specdec eval` / `python -m hf_specdec.eval` / `accelerate launch [--multi_gpu --num_processes N] -m hf_specdec.eval`.
 
     python -m hf_specdec.eval --config recipes/eval/humaneval_mtbench.yaml --out results/run1
     python -m hf_specdec.eval --config ... --out ... --limit 2 --set decoding.max_new_tokens=32   # quick look
@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -101,6 +102,11 @@ def run(config: EvalConfig, out_dir: Path, show_progress: bool = True) -> int:
     # cpu=True lets torchrun start several CPU processes (gloo); with an accelerator, PartialState picks it. The long
     # timeout lets a process that finished its share wait at a barrier for the slowest one.
     state = PartialState(cpu=not _accelerator_available(), timeout=datetime.timedelta(hours=24))
+    if state.num_processes == 1 and "ACCELERATE_USE_CPU" in os.environ and not _accelerator_available():
+        # accelerate's launcher runs ONE process on a machine without GPUs unless --multi_gpu is given (its simple
+        # launcher drops --num_processes); --multi_gpu starts torchrun, and PartialState(cpu=True) then uses gloo.
+        print("hf_specdec eval: accelerate launch started one process. Without GPUs, start several CPU processes "
+              "with `accelerate launch --multi_gpu --num_processes N -m hf_specdec.eval ...`.", file=sys.stderr)
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -1,0 +1,68 @@
+"""Timing helpers shared by the benchmark scripts and `hf-specdec demo`: one timed generate call, and the per-method
+summary (speedup = summed plain wall time / summed method wall time, outputs checked against plain)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+
+
+def run_once(model, input_ids, max_new_tokens: int, kwargs: dict) -> dict:
+    start = time.perf_counter()
+    output = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
+    seconds = time.perf_counter() - start
+    strategy = kwargs.get("assistant_model")
+    stats = strategy.last_stats if strategy is not None else None
+    return {
+        "seconds": seconds,
+        "tokens": output.shape[1] - input_ids.shape[1],
+        "output": output[0, input_ids.shape[1]:].tolist(),
+        "drafted": stats.drafted if stats else None,
+        "accepted": stats.accepted if stats else None,
+        "accepted_lengths": stats.accepted_lengths if stats else None,
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per method: summed tokens/time, speedup vs plain (ratio of summed wall times), per-prompt speedup spread."""
+    plain_time = {r["prompt"]: r["seconds"] for r in rows if r["method"] == "plain"}
+    plain_out = {r["prompt"]: r["output"] for r in rows if r["method"] == "plain"}
+    by_method = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    summary = {}
+    for method, items in by_method.items():
+        seconds = sum(r["seconds"] for r in items)
+        tokens = sum(r["tokens"] for r in items)
+        per_prompt = [plain_time[r["prompt"]] / r["seconds"] for r in items]
+        drafted = sum(r["drafted"] or 0 for r in items)
+        accepted = sum(r["accepted"] or 0 for r in items)
+        lengths = [n for r in items for n in (r["accepted_lengths"] or [])]
+        summary[method] = {
+            "tokens_per_s": tokens / seconds,
+            "wall_s": seconds,
+            "speedup": sum(plain_time[r["prompt"]] for r in items) / seconds,
+            "median_prompt_speedup": statistics.median(per_prompt),
+            "min_prompt_speedup": min(per_prompt),
+            "acceptance_rate": accepted / drafted if drafted else None,
+            "mean_accepted_length": sum(lengths) / len(lengths) if lengths else None,
+            "identical_outputs": sum(r["output"] == plain_out[r["prompt"]] for r in items),
+            "prompts": len(items),
+        }
+    return summary
+
+
+def print_table(title: str, summary: dict) -> None:
+    print(f"\n## {title}\n")
+    print("| method | tokens/s | wall s | speedup vs plain | vs prompt lookup | median (min) per prompt "
+          "| acceptance | mean accepted length | identical |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    builtin = summary.get("transformers-prompt-lookup", {}).get("wall_s")
+    for method, s in summary.items():
+        vs_builtin = f"{builtin / s['wall_s']:.2f}x" if builtin else "-"
+        acc = f"{s['acceptance_rate']:.2f}" if s["acceptance_rate"] is not None else "-"
+        mal = f"{s['mean_accepted_length']:.2f}" if s["mean_accepted_length"] is not None else "-"
+        print(f"| {method} | {s['tokens_per_s']:.1f} | {s['wall_s']:.1f} | {s['speedup']:.2f}x | {vs_builtin} "
+              f"| {s['median_prompt_speedup']:.2f}x ({s['min_prompt_speedup']:.2f}x) | {acc} | {mal} "
+              f"| {s['identical_outputs']}/{s['prompts']} |")
