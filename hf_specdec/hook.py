@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import logging
 import os
 
 import transformers
@@ -96,11 +97,33 @@ def _generate_with_strategy(original, model, strategy: SpeculativeStrategy, argu
     if conflicts:
         raise ValueError(f"{conflicts} configure Transformers' own assisted generation and cannot be combined with "
                          "an hf_specdec strategy; remove them.")
+    user_set_stop_strings = "stop_strings" in extra
     _move_stop_strings_into_criteria(model, arguments, extra)
     arguments["assistant_model"] = None
     arguments["custom_generate"] = functools.partial(speculative_decode, strategy=strategy,
                                                      streamer=arguments.get("streamer"))
-    return original(model, **arguments, **extra)
+    if user_set_stop_strings or "stop_strings" not in extra or arguments.get("generation_config") is None:
+        return original(model, **arguments, **extra)
+    with _OwnStopStringsQuiet():
+        return original(model, **arguments, **extra)
+
+
+class _OwnStopStringsQuiet(logging.Filter):
+    """Drops Transformers' "generation_config together with generation-related arguments" warning while the only
+    such argument is the `stop_strings=None` the hook itself added (see `_move_stop_strings_into_criteria`): the
+    user passed a generation_config alone and did nothing deprecated."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("generation_config` together" in message and "({'stop_strings'})" in message)
+
+    def __enter__(self):
+        logging.getLogger("transformers.generation.utils").addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("transformers.generation.utils").removeFilter(self)
+        return False
 
 
 def _move_stop_strings_into_criteria(model, arguments: dict, extra: dict) -> None:

@@ -63,3 +63,29 @@ def test_stop_strings_without_tokenizer(tiny_llama):
 def test_draft_model_must_be_a_model():
     with pytest.raises(TypeError, match="PreTrainedModel"):
         hf_specdec.DraftModelStrategy("gpt2")
+
+
+def test_a_generation_config_alone_draws_no_deprecation_warning(byte_tokenizer):
+    """The hook adds `stop_strings=None` beside a user's generation_config when the model's defaults have stop
+    strings; Transformers' "generation_config together with generation-related arguments" warning must not blame
+    the user for it."""
+    import logging
+
+    from transformers import GenerationConfig
+
+    from hf_specdec.tiny_models import BYTE_EOS, BYTE_VOCAB, tiny_random_llama
+
+    model = tiny_random_llama(BYTE_VOCAB, eos_token_id=BYTE_EOS, pad_token_id=BYTE_EOS, bos_token_id=BYTE_EOS)
+    model.generation_config.stop_strings = ["never-said"]
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=BYTE_EOS, pad_token_id=BYTE_EOS)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers.generation.utils")
+    logger.addHandler(handler)
+    try:
+        model.generate(repetitive_prompt(2), generation_config=config, tokenizer=byte_tokenizer,
+                       assistant_model=hf_specdec.NGramStrategy())
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "generation_config` together" in r.getMessage()]
