@@ -163,3 +163,37 @@ def test_unknown_assistant_model_is_explained(tiny_llama, bad):
     with pytest.raises(TypeError, match="accepts an hf_specdec strategy") as info:
         tiny_llama.generate(prompt, max_new_tokens=2, assistant_model=bad)
     assert ("AutoStrategy.from_pretrained('ngram')" in str(info.value)) == isinstance(bad, str)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["medusa-smollm2-135m", "hydra-smollm2-135m"])
+def test_committed_folders_run_on_the_real_target(name):
+    """heads/* are strategy folders: AutoStrategy and custom_generate both give plain generate's tokens."""
+    from hf_specdec.data import load_humaneval
+    from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
+
+    folder = Path(__file__).resolve().parents[1] / "heads" / name
+    model, tokenizer = load_smollm2(), load_smollm2_tokenizer()
+    prompt = tokenizer(load_humaneval(limit=1)[0].text, return_tensors="pt").input_ids
+    expected = model.generate(prompt, max_new_tokens=32, do_sample=False)
+    strategy = hf_specdec.AutoStrategy.from_pretrained(folder)
+    assert isinstance(strategy, hf_specdec.MedusaStrategy) and strategy.config.lookup_min_ngram == 2
+    assert torch.equal(model.generate(prompt, max_new_tokens=32, do_sample=False, assistant_model=strategy), expected)
+    assert strategy.last_stats.mean_accepted_length > 1.2
+    out = model.generate(prompt, max_new_tokens=32, do_sample=False, custom_generate=str(folder),
+                         trust_remote_code=True)
+    assert torch.equal(out, expected)
+
+
+def test_auto_strategy_downloads_a_hub_repo_snapshot(monkeypatch, saved):
+    """A repo id (not a local folder) goes through `huggingface_hub.snapshot_download` (faked here, offline)."""
+    _, _, results = saved
+    asked = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        asked.append(repo_id)
+        return str(results["nasd"][0])
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    strategy = hf_specdec.AutoStrategy.from_pretrained("me/tiny-nasd")
+    assert asked == ["me/tiny-nasd"] and isinstance(strategy, hf_specdec.NASDStrategy)
