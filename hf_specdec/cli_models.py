@@ -111,7 +111,12 @@ def resolve_medusa_dir(medusa: str | None) -> Path | None:
         if not path.is_dir():
             raise ValueError(f"--medusa {medusa!r} is not a folder; pass the folder the Medusa heads were saved to.")
         return path
+    return find_committed(DEFAULT_MEDUSA_DIR)
+
+
+def find_committed(relative: Path) -> Path | None:
+    """A folder committed with the repo (e.g. `heads/...`), under the working directory or the source tree."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (root / DEFAULT_MEDUSA_DIR).is_dir():
-            return root / DEFAULT_MEDUSA_DIR
+        if (root / relative).is_dir():
+            return root / relative
     return None

@@ -16,12 +16,15 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .benchmarking import run_once, summarise
+from .cli_models import find_committed
 
 PLAIN, BUILTIN = "plain", "transformers-lookup"
 # Committed strategy folders (heads and their fastest measured settings), found beside the package or under cwd.
 HEAD_FOLDERS = {"hydra": Path("heads") / "hydra-smollm2-135m", "medusa": Path("heads") / "medusa-smollm2-135m"}
-TINY_PROMPTS = {"code": ["def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n", "for i in range(10):\n    print(i)\n"],
-                "prose": ["Write a short story about a robot who learns to paint.", "Describe a rainy day in a city."]}
+TINY_PROMPTS = {  # for models other than the packaged target
+    "code": ["def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n", "for i in range(10):\n    print(i)\n"],
+    "prose": ["Write a short story about a robot who learns to paint.", "Describe a rainy day in a city."],
+}
 
 
 @dataclass
@@ -44,7 +47,7 @@ def demo_methods(target) -> dict[str, Callable[[], dict]]:
         "nasd": lambda: {"assistant_model": hf_specdec.NASDStrategy()},
     }
     for name, folder in HEAD_FOLDERS.items():
-        folder = find_folder(folder)
+        folder = find_committed(folder)
         if folder is None:
             continue
         try:
@@ -54,13 +57,6 @@ def demo_methods(target) -> dict[str, Callable[[], dict]]:
         strategy = hf_specdec.AutoStrategy.from_pretrained(folder)
         methods[name] = lambda strategy=strategy: {"assistant_model": strategy}
     return methods
-
-
-def find_folder(relative: Path) -> Path | None:
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (root / relative).is_dir():
-            return root / relative
-    return None
 
 
 def demo_prompts(bundle, code: int, prose: int) -> list[DemoPrompt]:

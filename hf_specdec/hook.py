@@ -71,7 +71,8 @@ def check_assistant(assistant) -> None:
         return
     hint = ""
     if isinstance(assistant, (str, os.PathLike)):
-        hint = (f" To run a saved strategy, load it first: hf_specdec.AutoStrategy.from_pretrained({str(assistant)!r}), "
+        hint = (" To run a saved strategy, load it first: "
+                f"hf_specdec.AutoStrategy.from_pretrained({str(assistant)!r}), "
                 f"or pass custom_generate={str(assistant)!r}, trust_remote_code=True; for a draft model, load it with "
                 "AutoModelForCausalLM.from_pretrained.")
     raise TypeError(f"assistant_model got a {type(assistant).__name__}. It accepts an hf_specdec strategy "

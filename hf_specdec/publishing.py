@@ -129,7 +129,8 @@ def run_custom_generate(model, generate_kwargs: dict[str, Any], *, repo_id: str 
     from .auto import AutoStrategy
 
     if generate_kwargs.get("assistant_model") is not None:
-        raise ValueError("custom_generate=<hf_specdec folder> brings its own drafter; do not also pass assistant_model.")
+        raise ValueError("custom_generate=<hf_specdec folder> brings its own drafter; do not also pass "
+                         "assistant_model.")
     source = _custom_generate_source() or repo_id
     if source is None:
         raise ValueError("Cannot tell which folder this custom_generate code was loaded from, and it names no Hub "

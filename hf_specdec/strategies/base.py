@@ -131,7 +131,8 @@ class SpeculativeStrategy(CandidateGenerator):
         self.config.save_pretrained(directory)
         self.save_components(directory, **component_options)
         target = target if target is not None else self.target
-        made_for = target_fingerprint(target, base_model) if target is not None else self.made_for
+        name = base_model or (self.made_for or {}).get("name")  # a loaded strategy keeps the name it came with
+        made_for = target_fingerprint(target, name) if target is not None else self.made_for
         write_target_file(directory, made_for)
         target_name = (made_for or {}).get("name")
         title = f"{type(self).__name__} for {target_name}" if target_name else type(self).__name__

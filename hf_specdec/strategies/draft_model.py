@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class DraftModelStrategy(SpeculativeStrategy):
         if not name:
             raise ValueError("This draft model was not loaded from a repo or folder, so there is nothing to point to; "
                              "save it with include_draft=True (the default).")
+        shutil.rmtree(directory / DRAFT_DIR, ignore_errors=True)  # a draft saved there before would win on load
         pointer.write_text(json.dumps({"name_or_path": name}, indent=2) + "\n")
 
     @classmethod
