@@ -5,9 +5,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import StrategyConfig
-from .publishing import resolve_folder
-from .strategies import STRATEGIES, SpeculativeStrategy
+from pathlib import Path
+
+from .config import CONFIG_NAME, StrategyConfig
+from .publishing import check_target_fits, read_target_file, resolve_folder
+from .strategies import STRATEGIES, NGramStrategy, SpeculativeStrategy
+
+COMMITTED = Path("heads")  # the strategy folders that ship with the repo
+# Fastest first, as `hf-specdec demo` measured them on SmolLM2-135M-Instruct (README): Hydra 2.00x code / 1.34x
+# prose, Medusa 1.87x / 1.34x, both with prompt lookup in front.
+FASTEST_FIRST = ("hydra-smollm2-135m", "medusa-smollm2-135m")
 
 
 class AutoStrategy:
@@ -27,3 +34,29 @@ class AutoStrategy:
             raise ValueError(f"{path_or_repo_id} holds a {strategy_type!r} config, which no strategy class loads; "
                              f"known: {sorted(STRATEGIES)}.")
         return strategy_class.from_pretrained(directory, *args, **overrides)
+
+    @staticmethod
+    def for_model(model, search: list[str | os.PathLike] | None = None) -> SpeculativeStrategy:
+        """The fastest strategy available for `model`: a strategy folder made for it (the committed `heads/`
+        folders, fastest first, then any folder under `search`), else `NGramStrategy()`, which fits any model."""
+        for folder in _candidate_folders(search):
+            made_for = read_target_file(folder)
+            if made_for is None:
+                continue  # fits any target: no evidence it was trained for this one
+            try:
+                check_target_fits(made_for, model)
+            except ValueError:
+                continue
+            return AutoStrategy.from_pretrained(folder)
+        return NGramStrategy()
+
+
+def _candidate_folders(search: list[str | os.PathLike] | None) -> list[Path]:
+    from .cli_models import find_committed
+
+    committed = find_committed(COMMITTED)
+    roots = [Path(p) for p in (search or [])] + ([committed] if committed else [])
+    folders = [f for root in roots for f in ([root] if (root / CONFIG_NAME).is_file() else sorted(root.iterdir()))
+               if (f / CONFIG_NAME).is_file()]
+    rank = {name: i for i, name in enumerate(FASTEST_FIRST)}
+    return sorted(folders, key=lambda f: rank.get(f.name, len(rank)))

@@ -183,6 +183,7 @@ def test_committed_folders_run_on_the_real_target(name):
     out = model.generate(prompt, max_new_tokens=32, do_sample=False, custom_generate=str(folder),
                          trust_remote_code=True)
     assert torch.equal(out, expected)
+    assert hf_specdec.AutoStrategy.for_model(model).heads.config.token_conditioned  # Hydra: the fastest measured
 
 
 def test_auto_strategy_downloads_a_hub_repo_snapshot(monkeypatch, saved):
@@ -197,3 +198,10 @@ def test_auto_strategy_downloads_a_hub_repo_snapshot(monkeypatch, saved):
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     strategy = hf_specdec.AutoStrategy.from_pretrained("me/tiny-nasd")
     assert asked == ["me/tiny-nasd"] and isinstance(strategy, hf_specdec.NASDStrategy)
+
+
+def test_for_model_picks_a_folder_made_for_the_model_else_ngram(saved, tiny_llama):
+    root, _, results = saved
+    assert type(hf_specdec.AutoStrategy.for_model(make_llama(layers=3))) is hf_specdec.NGramStrategy
+    found = hf_specdec.AutoStrategy.for_model(tiny_llama, search=[results["hydra"][0]])
+    assert isinstance(found, hf_specdec.MedusaStrategy) and found.config.tree == "dynamic"
