@@ -12,8 +12,7 @@ def run_once(model, input_ids, max_new_tokens: int, kwargs: dict) -> dict:
     start = time.perf_counter()
     output = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
     seconds = time.perf_counter() - start
-    strategy = kwargs.get("assistant_model")
-    stats = strategy.last_stats if strategy is not None else None
+    stats = getattr(kwargs.get("assistant_model"), "last_stats", None)  # a draft model (Transformers' own) has none
     return {
         "seconds": seconds,
         "tokens": output.shape[1] - input_ids.shape[1],

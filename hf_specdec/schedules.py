@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from .config import StrategyConfig
+
+if TYPE_CHECKING:
+    from .strategies.base import Draft
 
 
 class KSchedule:
@@ -72,16 +76,21 @@ class DraftGate:
     """Skips drafts that would cost more than they yield.
 
     A verify forward of k >= 2 tokens costs `cost_ratio` single-token forwards (about 1.7 on a 2-core CPU, about 1
-    on a GPU), measured online. A draft pays when the expected accepted count exceeds `cost_ratio - 1`. Expectations
-    are kept per bucket (for n-gram drafters: the length of the matched n-gram), as an EMA of accepted counts. A
-    bucket that is being skipped is still probed every `probe_every` skips, so it can recover.
+    on a GPU), measured online. A draft pays when the expected accepted count exceeds `cost_ratio - 1` plus what
+    drafting itself costs (`extra_cost`, in single target forwards: nothing for n-gram lookups, K draft-model
+    forwards for a small model). Expectations are kept per bucket (for n-gram drafters: the length of the matched
+    n-gram), as an EMA of accepted counts. A bucket that is being skipped is still probed every `probe_every` skips,
+    so it can recover; with `max_probe_every` above it, each probe that does not pay doubles the interval (up to
+    that), so a useless drafter costs ever less.
     """
 
     def __init__(self, prior_accepted: float = 1.0, prior_cost_ratio: float = 1.7, ema_alpha: float = 0.3,
-                 probe_every: int = 8) -> None:
+                 probe_every: int = 8, max_probe_every: int | None = None) -> None:
         self.prior_accepted = prior_accepted
         self.ema_alpha = ema_alpha
         self.probe_every = probe_every
+        self.max_probe_every = max(probe_every, max_probe_every or probe_every)
+        self.probe_interval: dict[int, int] = {}
         self.expected_accepted: dict[int, float] = {}
         self.skips: dict[int, int] = {}
         self.single_forward_time: float | None = None
@@ -94,21 +103,46 @@ class DraftGate:
             return max(1.0, self.multi_forward_time / self.single_forward_time)
         return self.prior_cost_ratio
 
-    def should_draft(self, bucket: int) -> bool:
-        if self.expected_accepted.get(bucket, self.prior_accepted) > self.cost_ratio - 1.0:
+    def pays(self, bucket: int, extra_cost: float = 0.0) -> bool:
+        return self.expected_accepted.get(bucket, self.prior_accepted) > self.cost_ratio - 1.0 + extra_cost
+
+    def should_draft(self, bucket: int, extra_cost: float = 0.0) -> bool:
+        if self.pays(bucket, extra_cost):
+            self.probe_interval.pop(bucket, None)
             return True
         self.skips[bucket] = self.skips.get(bucket, 0) + 1
-        return self.skips[bucket] % self.probe_every == 0
+        interval = self.probe_interval.get(bucket, self.probe_every)
+        if self.skips[bucket] % interval:
+            return False
+        self.skips[bucket] = 0
+        self.probe_interval[bucket] = min(self.max_probe_every, 2 * interval)  # reset once drafting pays again
+        return True
 
     def record_outcome(self, bucket: int, num_accepted: int) -> None:
         old = self.expected_accepted.get(bucket, self.prior_accepted)
         self.expected_accepted[bucket] = self.ema_alpha * num_accepted + (1 - self.ema_alpha) * old
+
+    @property
+    def single_forward_estimate(self) -> float | None:
+        """Seconds of a one-token target forward: measured, else a multi-token verify over the prior ratio."""
+        if self.single_forward_time:
+            return self.single_forward_time
+        return self.multi_forward_time / self.prior_cost_ratio if self.multi_forward_time else None
 
     def record_forward_time(self, num_tokens: int, seconds: float) -> None:
         if num_tokens == 1:
             self.single_forward_time = _ema(self.single_forward_time, seconds, self.ema_alpha)
         else:
             self.multi_forward_time = _ema(self.multi_forward_time, seconds, self.ema_alpha)
+
+
+def observe_gate(gate: DraftGate, draft: Draft, num_accepted: int, forward_seconds: float | None) -> None:
+    """Feeds one verify step's outcome and cost to the gate (the prefill, with no time given, is skipped)."""
+    if forward_seconds is None:
+        return
+    gate.record_forward_time(draft.tokens.numel() + 1, forward_seconds)
+    if draft.tokens.numel() and draft.bucket is not None:
+        gate.record_outcome(draft.bucket, num_accepted)
 
 
 def _ema(old: float | None, new: float, alpha: float) -> float:

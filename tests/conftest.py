@@ -26,6 +26,13 @@ def make_llama(vocab_size: int = VOCAB, layers: int = 2, hidden: int = 32, seed:
                              hidden=hidden, seed=seed, logit_scale=logit_scale, max_positions=512)
 
 
+def draft_strategy(draft, **settings) -> hf_specdec.DraftModelStrategy:
+    """DraftModelStrategy with its cost gate off. Tiny drafts cost as much as tiny targets, so the gate would (rightly)
+    stop drafting after a step or two, and the tests would no longer exercise drafts, rejections and stops inside
+    them. The gate has tests of its own."""
+    return hf_specdec.DraftModelStrategy(draft, skip_unprofitable_drafts=False, **settings)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama() -> LlamaForCausalLM:
     return make_llama()

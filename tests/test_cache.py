@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import repetitive_prompt
+from conftest import draft_strategy, repetitive_prompt
 from transformers import DynamicCache
 
 import hf_specdec
@@ -16,8 +16,8 @@ from hf_specdec.compat import CACHE_KWARG, output_cache
 def test_cache_holds_exactly_the_accepted_tokens(tiny_llama, tiny_draft, strategy_name):
     strategy = {
         "ngram": lambda: hf_specdec.NGramStrategy(skip_unprofitable_drafts=False),
-        "draft_self": lambda: hf_specdec.DraftModelStrategy(tiny_llama, num_speculative_tokens=6),
-        "draft_other": lambda: hf_specdec.DraftModelStrategy(tiny_draft, num_speculative_tokens=6),
+        "draft_self": lambda: draft_strategy(tiny_llama, num_speculative_tokens=6),
+        "draft_other": lambda: draft_strategy(tiny_draft, num_speculative_tokens=6),
     }[strategy_name]()
     prompt = repetitive_prompt(7)
     out = tiny_llama.generate(prompt, max_new_tokens=23, do_sample=False, eos_token_id=None,
@@ -48,7 +48,7 @@ def test_user_cache_continues_a_conversation(tiny_llama):
 
 
 def test_draft_cache_is_cropped_to_accepted_tokens(tiny_llama, tiny_draft):
-    strategy = hf_specdec.DraftModelStrategy(tiny_draft, num_speculative_tokens=4)
+    strategy = draft_strategy(tiny_draft, num_speculative_tokens=4)
     seen = []
     original = strategy._sync_cache
 

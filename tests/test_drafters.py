@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from conftest import repetitive_prompt
 
 import hf_specdec
 from hf_specdec.schedules import DraftGate, EntropySchedule, HeuristicSchedule
@@ -87,3 +90,32 @@ def test_draft_gate_measures_the_cost_ratio():
     gate.record_forward_time(1, 0.05)
     gate.record_forward_time(6, 0.10)
     assert abs(gate.cost_ratio - 2.0) < 1e-9
+
+
+def test_draft_gate_counts_the_drafting_cost_and_backs_off_its_probes():
+    gate = DraftGate(prior_accepted=3.0, prior_cost_ratio=1.5, ema_alpha=1.0, probe_every=2, max_probe_every=8)
+    assert gate.should_draft(0, extra_cost=2.0)  # 3 accepted > 0.5 + 2
+    assert not gate.should_draft(0, extra_cost=2.6)  # the same draft, dearer to make
+    gate.record_outcome(0, 0)
+    decisions = [gate.should_draft(0, extra_cost=1.0) for _ in range(2 + 4 + 8 + 8)]
+    probes = [i for i, drafted in enumerate(decisions) if drafted]
+    assert probes == [0, 4, 12, 20]  # every 2nd skip (the refusal above was the 1st), then 4th, then 8th (the cap)
+    gate.record_outcome(0, 3)
+    assert gate.should_draft(0, extra_cost=1.0) and gate.probe_interval == {}  # pays again: back to probe_every
+
+
+def test_a_useless_draft_model_stops_drafting(tiny_llama):
+    """A draft that never agrees with the target is found out in a few steps and only probed after that; the
+    output stays plain generate's."""
+    draft = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        draft.lm_head.weight.neg_()  # its favourite token is always the target's least likely one
+    prompt = repetitive_prompt(3)
+    expected = tiny_llama.generate(prompt, max_new_tokens=60, do_sample=False, eos_token_id=None)
+    gated = hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=4)
+    actual = tiny_llama.generate(prompt, max_new_tokens=60, do_sample=False, eos_token_id=None, assistant_model=gated)
+    assert torch.equal(actual, expected)
+    assert gated.last_stats.accepted == 0 and gated.last_stats.drafting_steps <= 8
+    ungated = hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=4, skip_unprofitable_drafts=False)
+    tiny_llama.generate(prompt, max_new_tokens=60, do_sample=False, eos_token_id=None, assistant_model=ungated)
+    assert ungated.last_stats.drafting_steps > 50  # without the gate every step drafts (and fails)

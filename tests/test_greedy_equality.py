@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import EOS, make_llama, repetitive_prompt
+from conftest import EOS, draft_strategy, make_llama, repetitive_prompt
 
 import hf_specdec
 
@@ -18,9 +18,9 @@ def strategy_factories(draft):
                                                                     skip_unprofitable_drafts=False),
         "nasd-basic": lambda: hf_specdec.NASDStrategy(top_k_filler=3),
         "nasd-onelevel": lambda: hf_specdec.NASDStrategy(storage="onelevel", ngram_size=2, schedule="heuristic"),
-        "draft-constant": lambda: hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=4),
-        "draft-heuristic": lambda: hf_specdec.DraftModelStrategy(draft, schedule="heuristic"),
-        "draft-entropy": lambda: hf_specdec.DraftModelStrategy(draft, schedule="entropy", entropy_threshold=4.0),
+        "draft-constant": lambda: draft_strategy(draft, num_speculative_tokens=4),
+        "draft-heuristic": lambda: draft_strategy(draft, schedule="heuristic"),
+        "draft-entropy": lambda: draft_strategy(draft, schedule="entropy", entropy_threshold=4.0),
     }
 
 
@@ -43,7 +43,7 @@ def test_greedy_equals_plain_generate(tiny_llama, tiny_draft, plain_outputs, nam
 
 def test_self_draft_accepts_everything_and_matches(tiny_llama):
     """The target as its own draft: every drafted token is accepted, which exercises the bonus-token path."""
-    strategy = hf_specdec.DraftModelStrategy(tiny_llama, num_speculative_tokens=5)
+    strategy = draft_strategy(tiny_llama, num_speculative_tokens=5)
     prompt = repetitive_prompt(0)
     expected = tiny_llama.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None)
     actual = tiny_llama.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None,
@@ -56,7 +56,7 @@ def test_self_draft_accepts_everything_and_matches(tiny_llama):
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 7])
 def test_max_new_tokens_respected_inside_a_draft(tiny_llama, max_new_tokens):
-    strategy = hf_specdec.DraftModelStrategy(tiny_llama, num_speculative_tokens=5)
+    strategy = draft_strategy(tiny_llama, num_speculative_tokens=5)
     prompt = repetitive_prompt(1)
     expected = tiny_llama.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None)
     actual = tiny_llama.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
@@ -72,7 +72,7 @@ def test_eos_inside_the_draft_window(tiny_llama):
     eos = int(free_run[0, prompt.shape[1] + 6])
     expected = tiny_llama.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=eos)
     assert expected.shape[1] < free_run.shape[1]
-    strategy = hf_specdec.DraftModelStrategy(tiny_llama, num_speculative_tokens=8)
+    strategy = draft_strategy(tiny_llama, num_speculative_tokens=8)
     actual = tiny_llama.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=eos,
                                  assistant_model=strategy)
     assert torch.equal(actual, expected)
@@ -92,7 +92,7 @@ def test_stop_strings_inside_the_draft_window(byte_tokenizer):
                   tokenizer=byte_tokenizer)
     expected = model.generate(prompt, **kwargs)
     assert expected.shape[1] < free_run.shape[1]
-    for strategy in (hf_specdec.DraftModelStrategy(model, num_speculative_tokens=8),
+    for strategy in (draft_strategy(model, num_speculative_tokens=8),
                      hf_specdec.NGramStrategy(skip_unprofitable_drafts=False)):
         actual = model.generate(prompt, assistant_model=strategy, **kwargs)
         assert torch.equal(actual, expected)
@@ -106,7 +106,7 @@ def test_logits_processors_apply_per_position(tiny_llama, tiny_draft):
         prompt = repetitive_prompt(seed)
         expected = tiny_llama.generate(prompt, **kwargs)
         for strategy in (hf_specdec.NGramStrategy(skip_unprofitable_drafts=False),
-                         hf_specdec.DraftModelStrategy(tiny_draft)):
+                         draft_strategy(tiny_draft)):
             assert torch.equal(tiny_llama.generate(prompt, assistant_model=strategy, **kwargs), expected)
 
 
@@ -115,7 +115,7 @@ def test_return_dict_scores_match_plain(tiny_llama):
     kwargs = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_scores=True,
                   output_logits=True, eos_token_id=None)
     expected = tiny_llama.generate(prompt, **kwargs)
-    actual = tiny_llama.generate(prompt, assistant_model=hf_specdec.DraftModelStrategy(tiny_llama), **kwargs)
+    actual = tiny_llama.generate(prompt, assistant_model=draft_strategy(tiny_llama), **kwargs)
     assert torch.equal(actual.sequences, expected.sequences)
     assert len(actual.scores) == len(expected.scores) == 12
     for ours, theirs in zip(actual.scores, expected.scores):
@@ -145,7 +145,7 @@ def test_streamer_receives_every_token(tiny_llama):
     prompt = repetitive_prompt(6)
     streamer = Collect()
     out = tiny_llama.generate(prompt, max_new_tokens=20, do_sample=False, streamer=streamer,
-                              assistant_model=hf_specdec.DraftModelStrategy(tiny_llama))
+                              assistant_model=draft_strategy(tiny_llama))
     assert streamer.chunks[0] == prompt[0].tolist()
     assert sum(streamer.chunks[1:], []) == out[0, prompt.shape[1]:].tolist()
     assert streamer.ended

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import make_llama
+from conftest import draft_strategy, make_llama
 from scipy.stats import chi2_contingency
 
 import hf_specdec
@@ -78,7 +78,7 @@ def strategies():
     draft = make_llama(vocab_size=VOCAB, layers=1, hidden=16, seed=12, logit_scale=3.0, eos_token_id=None)
     return {
         "ngram": hf_specdec.NGramStrategy(num_speculative_tokens=2, skip_unprofitable_drafts=False),
-        "draft_model": hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=2),
+        "draft_model": draft_strategy(draft, num_speculative_tokens=2),
         "medusa_tree": hf_specdec.MedusaStrategy(random_heads(False), tree=[[0], [1], [0, 0], [1, 0], [0, 1]]),
         "hydra_dynamic_tree": hf_specdec.MedusaStrategy(random_heads(True), tree="dynamic", tree_nodes=5,
                                                         tree_width=2),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from transformers.cache_utils import DynamicCache
 
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
+from ..schedules import DraftGate, observe_gate
 from .base import Draft, SpeculativeStrategy
 
 
@@ -26,6 +28,12 @@ class DraftModelConfig(StrategyConfig):
     strategy_type = "draft_model"
 
     num_speculative_tokens: int = 5
+    skip_unprofitable_drafts: bool = field(
+        default=True,
+        metadata={"help": "Draft only while the expected accepted count (learned online) pays for the draft's own "
+                          "forwards plus the dearer verify, both measured; otherwise decode plainly, probing the "
+                          "draft now and then (less and less often while it keeps failing)."},
+    )
 
 
 def output_vocab_size(model: PreTrainedModel) -> int:
@@ -50,6 +58,10 @@ class DraftModelStrategy(SpeculativeStrategy):
         self.draft_model = draft_model.eval()
         self._cache: DynamicCache | None = None
         self._cached_tokens: list[int] = []  # the tokens whose keys/values the draft cache holds
+        # Starts optimistic (a whole draft accepted), so a good draft drafts from the first step; a useless one is
+        # found out in a few steps and then only probed, ever more rarely.
+        self.gate = DraftGate(prior_accepted=float(self.config.num_speculative_tokens), max_probe_every=64)
+        self._draft_token_seconds: float | None = None  # EMA of one draft forward (one drafted token)
 
     def save_components(self, directory: Path, include_draft: bool = True) -> None:
         """`draft/`: the draft model (safetensors), or with `include_draft=False` only `draft_model.json`, a pointer
@@ -90,8 +102,31 @@ class DraftModelStrategy(SpeculativeStrategy):
     def end(self) -> None:
         self._cache, self._cached_tokens = None, []
 
-    @torch.no_grad()
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        if self.config.skip_unprofitable_drafts and not self.gate.should_draft(0, self._drafting_cost(max_tokens)):
+            return Draft(input_ids.new_empty(0), bucket=0)
+        start = time.perf_counter()
+        draft = self._draft(input_ids, max_tokens)
+        if draft.tokens.numel():
+            seconds = (time.perf_counter() - start) / draft.tokens.numel()
+            old = self._draft_token_seconds
+            self._draft_token_seconds = seconds if old is None else 0.3 * seconds + 0.7 * old
+        draft.bucket = 0
+        return draft
+
+    def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
+        super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        observe_gate(self.gate, draft, num_accepted, forward_seconds)
+
+    def _drafting_cost(self, num_tokens: int) -> float:
+        """What drafting `num_tokens` costs, in one-token target forwards (0 until both are measured)."""
+        single = self.gate.single_forward_estimate
+        if not single or self._draft_token_seconds is None:
+            return 0.0
+        return num_tokens * self._draft_token_seconds / single
+
+    @torch.no_grad()
+    def _draft(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         device = self.draft_model.device
         sequence = input_ids.to(device)  # [1, n]
         do_sample = bool(self.generation_config.do_sample)

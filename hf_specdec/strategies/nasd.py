@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import StrategyConfig, register_config
-from ..schedules import DraftGate
+from ..schedules import DraftGate, observe_gate
 from .base import Draft, SpeculativeStrategy
-from .ngram import NGramDrafterMixin, _check_ngram_schedule, observe_gate
+from .ngram import NGramDrafterMixin, _check_ngram_schedule
 
 STORAGES = ("basic", "onelevel")
 

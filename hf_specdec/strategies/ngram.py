@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import StrategyConfig, register_config
-from ..schedules import DraftGate
+from ..schedules import DraftGate, observe_gate
 from .base import Draft, SpeculativeStrategy
 
 
@@ -99,12 +99,3 @@ class NGramStrategy(SpeculativeStrategy):
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
         super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
         observe_gate(self.gate, draft, num_accepted, forward_seconds)
-
-
-def observe_gate(gate: DraftGate, draft: Draft, num_accepted: int, forward_seconds: float | None) -> None:
-    """Feeds one verify step's outcome and cost to the gate (the prefill, with no time given, is skipped)."""
-    if forward_seconds is None:
-        return
-    gate.record_forward_time(draft.tokens.numel() + 1, forward_seconds)
-    if draft.tokens.numel() and draft.bucket is not None:
-        gate.record_outcome(draft.bucket, num_accepted)
