@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from .config import CONFIG_NAME, StrategyConfig
 from .publishing import check_target_fits, read_target_file, resolve_folder

@@ -131,9 +131,9 @@ class DraftGate:
 
     def record_forward_time(self, num_tokens: int, seconds: float) -> None:
         if num_tokens == 1:
-            self.single_forward_time = _ema(self.single_forward_time, seconds, self.ema_alpha)
+            self.single_forward_time = ema(self.single_forward_time, seconds, self.ema_alpha)
         else:
-            self.multi_forward_time = _ema(self.multi_forward_time, seconds, self.ema_alpha)
+            self.multi_forward_time = ema(self.multi_forward_time, seconds, self.ema_alpha)
 
 
 def observe_gate(gate: DraftGate, draft: Draft, num_accepted: int, forward_seconds: float | None) -> None:
@@ -145,5 +145,6 @@ def observe_gate(gate: DraftGate, draft: Draft, num_accepted: int, forward_secon
         gate.record_outcome(draft.bucket, num_accepted)
 
 
-def _ema(old: float | None, new: float, alpha: float) -> float:
+def ema(old: float | None, new: float, alpha: float) -> float:
+    """Exponential moving average; the first value starts it."""
     return new if old is None else alpha * new + (1 - alpha) * old

@@ -14,7 +14,7 @@ from transformers.cache_utils import DynamicCache
 
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
-from ..schedules import DraftGate, observe_gate
+from ..schedules import DraftGate, ema, observe_gate
 from .base import Draft, SpeculativeStrategy
 
 
@@ -109,8 +109,7 @@ class DraftModelStrategy(SpeculativeStrategy):
         draft = self._draft(input_ids, max_tokens)
         if draft.tokens.numel():
             seconds = (time.perf_counter() - start) / draft.tokens.numel()
-            old = self._draft_token_seconds
-            self._draft_token_seconds = seconds if old is None else 0.3 * seconds + 0.7 * old
+            self._draft_token_seconds = ema(self._draft_token_seconds, seconds, self.gate.ema_alpha)
         draft.bucket = 0
         return draft
 
