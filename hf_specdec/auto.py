@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIG_NAME, StrategyConfig
-from .publishing import check_target_fits, read_target_file, resolve_folder
+from .publishing import made_for_model, resolve_folder
 from .strategies import STRATEGIES, NGramStrategy, SpeculativeStrategy
 
 COMMITTED = Path("heads")  # the strategy folders that ship with the repo
@@ -39,14 +39,8 @@ class AutoStrategy:
         """The fastest strategy available for `model`: a strategy folder made for it (the committed `heads/`
         folders, fastest first, then any folder under `search`), else `NGramStrategy()`, which fits any model."""
         for folder in _candidate_folders(search):
-            made_for = read_target_file(folder)
-            if made_for is None:
-                continue  # fits any target: no evidence it was trained for this one
-            try:
-                check_target_fits(made_for, model)
-            except ValueError:
-                continue
-            return AutoStrategy.from_pretrained(folder)
+            if made_for_model(folder, model):
+                return AutoStrategy.from_pretrained(folder)
         return NGramStrategy()
 
 

@@ -38,7 +38,7 @@ def demo_methods(target) -> dict[str, Callable[[], dict]]:
     """name -> generate kwargs; a fresh strategy per call keeps prompts independent. Heads join when the committed
     folders exist and were made for this target."""
     import hf_specdec
-    from .publishing import check_target_fits, read_target_file
+    from .publishing import made_for_model
 
     methods: dict[str, Callable[[], dict]] = {
         PLAIN: lambda: {},
@@ -48,11 +48,7 @@ def demo_methods(target) -> dict[str, Callable[[], dict]]:
     }
     for name, folder in HEAD_FOLDERS.items():
         folder = find_committed(folder)
-        if folder is None:
-            continue
-        try:
-            check_target_fits(read_target_file(folder), target)
-        except ValueError:
+        if folder is None or not made_for_model(folder, target):
             continue
         strategy = hf_specdec.AutoStrategy.from_pretrained(folder)
         methods[name] = lambda strategy=strategy: {"assistant_model": strategy}

@@ -98,12 +98,11 @@ def _generate_with_strategy(original, model, strategy: SpeculativeStrategy, argu
     if conflicts:
         raise ValueError(f"{conflicts} configure Transformers' own assisted generation and cannot be combined with "
                          "an hf_specdec strategy; remove them.")
-    user_set_stop_strings = "stop_strings" in extra
-    _move_stop_strings_into_criteria(model, arguments, extra)
+    added_override = _move_stop_strings_into_criteria(model, arguments, extra)
     arguments["assistant_model"] = None
     arguments["custom_generate"] = functools.partial(speculative_decode, strategy=strategy,
                                                      streamer=arguments.get("streamer"))
-    if user_set_stop_strings or "stop_strings" not in extra or arguments.get("generation_config") is None:
+    if not (added_override and arguments.get("generation_config") is not None):
         return original(model, **arguments, **extra)
     with _OwnStopStringsQuiet():
         return original(model, **arguments, **extra)
@@ -127,9 +126,11 @@ class _OwnStopStringsQuiet(logging.Filter):
         return False
 
 
-def _move_stop_strings_into_criteria(model, arguments: dict, extra: dict) -> None:
+def _move_stop_strings_into_criteria(model, arguments: dict, extra: dict) -> bool:
     """generate drops the `tokenizer` kwarg on the `custom_generate` path, so it could not build the stop-string
-    criterion itself; build it here from the same settings and pass it as a stopping criterion."""
+    criterion itself; build it here from the same settings and pass it as a stopping criterion. Returns whether
+    it added a `stop_strings=None` kwarg the user did not pass (to override the model's default)."""
+    user_passed = "stop_strings" in extra
     tokenizer = extra.pop("tokenizer", None)
     passed_config = arguments.get("generation_config")
     stop_strings = extra.pop("stop_strings", None)
@@ -138,7 +139,7 @@ def _move_stop_strings_into_criteria(model, arguments: dict, extra: dict) -> Non
     if stop_strings is None:
         stop_strings = model.generation_config.stop_strings
     if stop_strings is None:
-        return
+        return False
     if tokenizer is None:
         raise ValueError("stop_strings need the tokenizer: pass tokenizer=... to generate().")
     if passed_config is not None and passed_config.stop_strings is not None:
@@ -149,3 +150,4 @@ def _move_stop_strings_into_criteria(model, arguments: dict, extra: dict) -> Non
     criteria = StoppingCriteriaList(arguments.get("stopping_criteria") or [])
     criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
     arguments["stopping_criteria"] = criteria
+    return model.generation_config.stop_strings is not None and not user_passed

@@ -68,6 +68,19 @@ def check_target_fits(made_for: Mapping[str, Any] | None, target) -> None:
                          "with that target, or build and save a strategy for this one.")
 
 
+def made_for_model(directory: Path, model) -> bool:
+    """The strategy folder records a target and `model` fits it (a folder that records none says nothing about
+    whether its weights were trained for this model)."""
+    made_for = read_target_file(directory)
+    if made_for is None:
+        return False
+    try:
+        check_target_fits(made_for, model)
+    except ValueError:
+        return False
+    return True
+
+
 def write_target_file(directory: Path, made_for: Mapping[str, Any] | None) -> None:
     path = directory / TARGET_FILE
     if made_for:
