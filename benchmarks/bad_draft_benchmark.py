@@ -15,7 +15,7 @@ import copy
 import torch
 
 import hf_specdec
-from hf_specdec.benchmarking import print_table, run_once, summarise
+from hf_specdec.benchmarking import interleaved_runs, print_table, summarise
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -51,18 +51,7 @@ def main() -> None:
             draft, skip_unprofitable_drafts=False)},
     }
     sets = {"code": load_humaneval(limit=args.code), "prose": load_mtbench_prose(tokenizer)[: args.prose]}
-    warm = tokenizer(sets["code"][0].text, return_tensors="pt").input_ids
-    for make in methods.values():
-        run_once(model, warm, 8, make())
-    rows = []
-    names = list(methods)
-    for dataset, prompts in sets.items():
-        for index, prompt in enumerate(prompts):
-            input_ids = tokenizer(prompt.text, return_tensors="pt").input_ids
-            for name in names[index % len(names):] + names[: index % len(names)]:
-                result = run_once(model, input_ids, args.max_new_tokens, methods[name]())
-                rows.append({"dataset": dataset, "prompt": f"{dataset}/{prompt.id}", "method": name, **result})
-            print(f"[{dataset} {index + 1}/{len(prompts)}] {prompt.id}", flush=True)
+    rows = interleaved_runs(model, tokenizer, sets, methods, args.max_new_tokens)
     for dataset in sets:
         print_table(f"{dataset}: draft = first {args.layers} layers of the target, untrained",
                     summarise([r for r in rows if r["dataset"] == dataset]))

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import hf_specdec
-from hf_specdec.benchmarking import print_table, run_once, summarise
+from hf_specdec.benchmarking import interleaved_runs, print_table, summarise
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -51,21 +51,8 @@ def main() -> None:
         optimize_for_cpu(model)  # the same kernels for every method, so ratios stay honest
     sets = {"code": load_humaneval(limit=args.code), "prose": load_mtbench_prose(tokenizer)[: args.prose]}
 
-    warm = tokenizer(sets["code"][0].text if sets["code"] else sets["prose"][0].text, return_tensors="pt").input_ids
-    for method in args.methods:
-        run_once(model, warm, 16, METHODS[method]())
-
-    rows = []
-    for dataset, prompts in sets.items():
-        for index, prompt in enumerate(prompts):
-            input_ids = tokenizer(prompt.text, return_tensors="pt").input_ids
-            order = args.methods[index % len(args.methods):] + args.methods[: index % len(args.methods)]
-            for method in order:
-                result = run_once(model, input_ids, args.max_new_tokens, METHODS[method]())
-                rows.append({"dataset": dataset, "prompt": f"{dataset}/{prompt.id}", "method": method, **result})
-            plain = next(r for r in rows[-len(order):] if r["method"] == "plain")
-            line = " ".join(f"{r['method']}={plain['seconds'] / r['seconds']:.2f}x" for r in rows[-len(order):])
-            print(f"[{dataset} {index + 1}/{len(prompts)}] {prompt.id}: {line}", flush=True)
+    rows = interleaved_runs(model, tokenizer, sets, {name: METHODS[name] for name in args.methods},
+                            args.max_new_tokens)
 
     report = {}
     for dataset in sets:

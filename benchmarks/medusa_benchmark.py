@@ -21,7 +21,7 @@ import torch
 from core_benchmark import METHODS as CORE_METHODS
 
 import hf_specdec
-from hf_specdec.benchmarking import print_table, run_once, summarise
+from hf_specdec.benchmarking import interleaved_runs, print_table, summarise
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -131,29 +131,18 @@ def main() -> None:
                if name in args.methods}
     sets = {"code": load_humaneval(limit=args.code), "prose": load_mtbench_prose(tokenizer)[: args.prose]}
 
-    warm = tokenizer(sets["code"][0].text if sets["code"] else sets["prose"][0].text, return_tensors="pt").input_ids
-    for factory in methods.values():
-        run_once(model, warm, 16, factory())
-
-    rows = []
     accuracy = {(name, dataset): [[0] * heads.num_heads, [0] * heads.num_heads]
                 for name, heads in head_sets.items() for dataset in sets}  # hits, counts per head
-    names = list(methods)
-    for dataset, prompts in sets.items():
-        for index, prompt in enumerate(prompts):
-            input_ids = tokenizer(prompt.text, return_tensors="pt").input_ids
-            order = names[index % len(names):] + names[: index % len(names)]
-            for method in order:
-                result = run_once(model, input_ids, args.max_new_tokens, methods[method]())
-                rows.append({"dataset": dataset, "prompt": f"{dataset}/{prompt.id}", "method": method, **result})
-            plain = next(r for r in rows[-len(order):] if r["method"] == "plain")
-            for name, heads in head_sets.items():
-                hits, counts = head_accuracy(model, heads, input_ids, plain["output"])
-                for k in range(heads.num_heads):
-                    accuracy[name, dataset][0][k] += hits[k]
-                    accuracy[name, dataset][1][k] += counts[k]
-            line = " ".join(f"{r['method']}={plain['seconds'] / r['seconds']:.2f}x" for r in rows[-len(order):])
-            print(f"[{dataset} {index + 1}/{len(prompts)}] {prompt.id}: {line}", flush=True)
+
+    def count_head_hits(dataset, input_ids, prompt_rows) -> None:
+        plain = next(r for r in prompt_rows if r["method"] == "plain")
+        for name, heads in head_sets.items():
+            hits, counts = head_accuracy(model, heads, input_ids, plain["output"])
+            for k in range(heads.num_heads):
+                accuracy[name, dataset][0][k] += hits[k]
+                accuracy[name, dataset][1][k] += counts[k]
+
+    rows = interleaved_runs(model, tokenizer, sets, methods, args.max_new_tokens, after_prompt=count_head_hits)
 
     report = {}
     for dataset, prompts in sets.items():

@@ -23,6 +23,34 @@ def run_once(model, input_ids, max_new_tokens: int, kwargs: dict) -> dict:
     }
 
 
+def interleaved_runs(model, tokenizer, sets: dict, methods: dict, max_new_tokens: int, warmup_tokens: int = 16,
+                     after_prompt=None) -> list[dict]:
+    """Every method on every prompt of `sets` ({name: [Prompt]}), methods rotated per prompt so none always runs
+    first, after one short warm-up call each. `methods` maps a name to a function returning generate kwargs (a
+    fresh strategy per call). One row per (prompt, method), as `run_once` returns plus dataset/prompt/method;
+    `after_prompt(dataset, input_ids, rows_of_that_prompt)` is called after each prompt."""
+    first = next(prompt for prompts in sets.values() for prompt in prompts)
+    warm = tokenizer(first.text, return_tensors="pt").input_ids
+    for make in methods.values():
+        run_once(model, warm, warmup_tokens, make())
+    rows, names = [], list(methods)
+    for dataset, prompts in sets.items():
+        for index, prompt in enumerate(prompts):
+            input_ids = tokenizer(prompt.text, return_tensors="pt").input_ids
+            done = []
+            for name in names[index % len(names):] + names[: index % len(names)]:
+                result = run_once(model, input_ids, max_new_tokens, methods[name]())
+                done.append({"dataset": dataset, "prompt": f"{dataset}/{prompt.id}", "method": name, **result})
+            rows += done
+            if after_prompt is not None:
+                after_prompt(dataset, input_ids, done)
+            plain = next((r for r in done if r["method"] == "plain"), None)
+            line = "" if plain is None else ": " + " ".join(
+                f"{r['method']}={plain['seconds'] / r['seconds']:.2f}x" for r in done)
+            print(f"[{dataset} {index + 1}/{len(prompts)}] {prompt.id}{line}", flush=True)
+    return rows
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per method: summed tokens/time, speedup vs plain (ratio of summed wall times), per-prompt speedup spread."""
     plain_time = {r["prompt"]: r["seconds"] for r in rows if r["method"] == "plain"}

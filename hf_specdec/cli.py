@@ -33,8 +33,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models")
     group.add_argument("--model", metavar="DIR", help="Target model folder (default: packaged SmolLM2-135M-Instruct). "
                                                       "'tiny-random' builds a tiny random model, for tests.")
-    group.add_argument("--draft", metavar="DIR", help="Draft model folder with the target's vocabulary (enables "
-                                                      "/draft_model, /egag, /drafter).")
+    group.add_argument("--draft", metavar="DIR", help="Draft model folder with the target's vocabulary, e.g. "
+                                                      "heads/draft-smollm2-135m (enables /draft_model, /egag, "
+                                                      "/drafter).")
     group.add_argument("--medusa", metavar="DIR", help="Medusa heads folder (default: heads/medusa-smollm2-135m "
                                                        "if it exists).")
     group.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available).")

@@ -77,6 +77,16 @@ def load_causal_lm(name: str, device: torch.device, dtype: torch.dtype, *, draft
     return model.to(device=device, dtype=dtype).eval()
 
 
+def load_draft_for(name: str, target: PreTrainedModel, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    """`--draft`: a folder made by recipes/distill_draft.py (shares the target's embedding and head), else any
+    causal-LM folder (or the tiny random draft)."""
+    from .distilled_draft import is_draft_folder, load_draft
+
+    if name != TINY_RANDOM and is_draft_folder(name):
+        return load_draft(name, target)
+    return load_causal_lm(name, device, dtype, draft=True)
+
+
 def load_bundle(model: str | None, draft: str | None, medusa: str | None, device: str = "auto", dtype: str = "auto",
                 cpu_fast_path: bool = True, chat_template: bool = True) -> ModelBundle:
     """Loads the target (default: the packaged SmolLM2-135M-Instruct), its tokenizer and the optional draft."""
@@ -93,7 +103,7 @@ def load_bundle(model: str | None, draft: str | None, medusa: str | None, device
         target = load_causal_lm(model, torch_device, torch_dtype)
         tokenizer = char_tokenizer() if model == TINY_RANDOM else AutoTokenizer.from_pretrained(model)
         target_name = model
-    draft_model = None if draft is None else load_causal_lm(draft, torch_device, torch_dtype, draft=True)
+    draft_model = None if draft is None else load_draft_for(draft, target, torch_device, torch_dtype)
     if cpu_fast_path and torch_device.type == "cpu":
         from .cpu_speedups import optimize_for_cpu
 

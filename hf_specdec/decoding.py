@@ -92,7 +92,7 @@ def _prefill_step(model, strategy, input_ids, logits_processor, stopping_criteri
 def _speculative_step(model, strategy, input_ids, cache, logits_processor, stopping_criteria, generation_config,
                       verifier, stats, record, streamer):
     budget = generation_config.max_length - input_ids.shape[1]  # tokens we may still emit, >= 1
-    max_draft = min(strategy.schedule.next_k(), budget - 1)
+    max_draft = min(strategy.draft_budget(), budget - 1)
 
     t0 = time.perf_counter()
     draft = strategy.propose(input_ids, max_draft) if max_draft > 0 else Draft.empty()

@@ -112,3 +112,20 @@ def load_smollm2(cache_dir: str | Path | None = None, dtype: torch.dtype = torch
 def load_smollm2_tokenizer(cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
     """The SmolLM2 tokenizer (with its chat template), from the same cache as `load_smollm2`."""
     return AutoTokenizer.from_pretrained(ensure_smollm2_converted(cache_dir))
+
+
+SMOLLM2_DRAFT_DIR = Path("heads") / "draft-smollm2-135m"
+
+
+def load_smollm2_draft(target: LlamaForCausalLM | None = None, path: str | Path | None = None) -> LlamaForCausalLM:
+    """The distilled draft committed for SmolLM2-135M-Instruct (`heads/draft-smollm2-135m`, made by
+    `recipes/distill_draft.py`): a plain `LlamaForCausalLM` of a few layers that shares `target`'s embedding and
+    LM head (the target is loaded when not given). It refuses any other target."""
+    from .cli_models import find_committed
+    from .distilled_draft import load_draft
+
+    folder = Path(path) if path is not None else find_committed(SMOLLM2_DRAFT_DIR)
+    if folder is None:
+        raise FileNotFoundError(f"{SMOLLM2_DRAFT_DIR} is not here: it ships with the hf_specdec repository (run from "
+                                "a clone), or pass path= to a draft made by recipes/distill_draft.py.")
+    return load_draft(folder, target if target is not None else load_smollm2())

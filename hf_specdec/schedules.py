@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 class KSchedule:
     """Picks K before each step and learns from the outcome. Subclasses override `next_k` / `update`."""
 
+    needs_entropy = False  # True: drafters must compute their distribution's entropy for `stop_on_entropy`
+
     def __init__(self, num_speculative_tokens: int, gamma_min: int = 1, gamma_max: int = 10) -> None:
         self.k = num_speculative_tokens
         self.gamma_min = gamma_min
@@ -58,6 +60,8 @@ class EntropySchedule(KSchedule):
         self.ema_accepted = self.ema_alpha * num_accepted + (1 - self.ema_alpha) * self.ema_accepted
         # One more than we expect to be accepted, so K can grow while drafts keep landing.
         self.k = min(self.gamma_max, max(self.gamma_min, math.ceil(self.ema_accepted) + 1))
+
+    needs_entropy = True
 
     def stop_on_entropy(self, entropy: float) -> bool:
         return entropy > self.entropy_threshold

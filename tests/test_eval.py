@@ -287,3 +287,14 @@ def test_accelerate_launch_on_cpu_starts_two_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((out / "results.json").read_text())["meta"]
     assert meta["processes"] == 2 and (out / "report.md").is_file()
+
+
+def test_a_distilled_draft_folder_loads_with_the_targets_shared_weights(tmp_path):
+    from hf_specdec.distilled_draft import build_draft, save_draft
+    from hf_specdec.eval.loading import load_draft_model
+
+    target = tiny_target(ModelSpec("tiny-random-llama", seed=0))
+    save_draft(build_draft(target, [0]), tmp_path, target, source_layers=[0])
+    draft = load_draft_model(ModelSpec(str(tmp_path)), target)
+    assert draft.get_input_embeddings() is target.get_input_embeddings()
+    assert draft.config.num_hidden_layers == 1

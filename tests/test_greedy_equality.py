@@ -7,12 +7,22 @@ import torch
 from conftest import EOS, draft_strategy, make_llama, repetitive_prompt
 
 import hf_specdec
+from hf_specdec.distilled_draft import build_draft, set_draft_vocab
 
 NUM_PROMPTS = 20
 
 
-def strategy_factories(draft):
+def cut_draft(target, vocab: int = 60):
+    """A draft cut from the target (its first layer, shared embedding and head) that may only propose ids < 60."""
+    draft = build_draft(target, [0])
+    set_draft_vocab(draft, torch.arange(vocab))
+    return draft
+
+
+def strategy_factories(draft, target=None):
     return {
+        "draft-cut-vocab": lambda: draft_strategy(cut_draft(target), num_speculative_tokens=4),
+        "draft-lookup": lambda: draft_strategy(draft, lookup_min_ngram=2, lookup_num_tokens=8),
         "ngram-constant": lambda: hf_specdec.NGramStrategy(num_speculative_tokens=6),
         "ngram-heuristic-ungated": lambda: hf_specdec.NGramStrategy(schedule="heuristic",
                                                                     skip_unprofitable_drafts=False),
@@ -33,7 +43,7 @@ def plain_outputs(tiny_llama):
 
 @pytest.mark.parametrize("name", list(strategy_factories(None)))
 def test_greedy_equals_plain_generate(tiny_llama, tiny_draft, plain_outputs, name):
-    strategy = strategy_factories(tiny_draft)[name]()
+    strategy = strategy_factories(tiny_draft, tiny_llama)[name]()
     for seed, expected in enumerate(plain_outputs):
         prompt = repetitive_prompt(seed)
         actual = tiny_llama.generate(prompt, max_new_tokens=30, do_sample=False, assistant_model=strategy)

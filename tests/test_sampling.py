@@ -16,6 +16,7 @@ from scipy.stats import chi2_contingency
 import hf_specdec
 import hf_specdec.tree_decoding
 import hf_specdec.verify
+from hf_specdec.distilled_draft import set_draft_vocab
 
 SAMPLES = 1200
 VOCAB = 8
@@ -76,16 +77,19 @@ def random_heads(token_conditioned: bool) -> hf_specdec.MedusaHeads:
 
 def strategies():
     draft = make_llama(vocab_size=VOCAB, layers=1, hidden=16, seed=12, logit_scale=3.0, eos_token_id=None)
+    vocab_draft = make_llama(vocab_size=VOCAB, layers=1, hidden=16, seed=12, logit_scale=3.0, eos_token_id=None)
+    set_draft_vocab(vocab_draft, torch.tensor([0, 2, 3, 5, 6]))  # q = 0 off these: the residual must cover them
     return {
         "ngram": hf_specdec.NGramStrategy(num_speculative_tokens=2, skip_unprofitable_drafts=False),
         "draft_model": draft_strategy(draft, num_speculative_tokens=2),
+        "draft_model_vocab": draft_strategy(vocab_draft, num_speculative_tokens=2),
         "medusa_tree": hf_specdec.MedusaStrategy(random_heads(False), tree=[[0], [1], [0, 0], [1, 0], [0, 1]]),
         "hydra_dynamic_tree": hf_specdec.MedusaStrategy(random_heads(True), tree="dynamic", tree_nodes=5,
                                                         tree_width=2),
     }
 
 
-@pytest.mark.parametrize("name", ["ngram", "draft_model", "medusa_tree", "hydra_dynamic_tree"])
+@pytest.mark.parametrize("name", ["ngram", "draft_model", "draft_model_vocab", "medusa_tree", "hydra_dynamic_tree"])
 def test_sampling_matches_plain(small_vocab_model, plain_pairs, name):
     strategy = strategies()[name]
     pairs = sample_pairs(small_vocab_model, strategy, seed=2)

@@ -1,5 +1,5 @@
-"""The Medusa training recipe's data pieces: batched greedy generation with hidden states, label masking of
-prompts, and the template prompts."""
+"""The Medusa training recipe and the recipes' shared data pieces (recipes/self_distill.py): batched greedy
+generation with hidden states, label masking of prompts, and the template prompts."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def recipe():
     return module
 
 
+@pytest.fixture(scope="module")
+def self_distill(recipe):
+    return sys.modules["self_distill"]  # imported by the recipe from its own folder
+
+
 def left_padded(prompts: list[list[int]], pad: int = 0) -> tuple[torch.LongTensor, torch.LongTensor]:
     width = max(map(len, prompts))
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -32,11 +37,11 @@ def left_padded(prompts: list[list[int]], pad: int = 0) -> tuple[torch.LongTenso
     return ids, mask
 
 
-def test_greedy_with_hidden_matches_plain_generate_row_by_row(recipe):
+def test_greedy_with_hidden_matches_plain_generate_row_by_row(self_distill):
     model = make_llama(seed=3)
     prompts = [[5, 9, 13, 2, 7, 40, 41], [8, 3], [60, 61, 62, 63]]
     ids, mask = left_padded(prompts)
-    new_tokens, hidden = recipe.greedy_with_hidden(model, ids, mask, max_new_tokens=12, eos_token_id=EOS)
+    new_tokens, hidden = self_distill.greedy_with_hidden(model, ids, mask, max_new_tokens=12, eos_token_id=EOS)
     assert hidden.shape[:2] == (3, ids.shape[1] + new_tokens.shape[1] - 1)
     for row, prompt in enumerate(prompts):
         alone = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
@@ -59,13 +64,13 @@ def test_position_table_never_trains_on_prompt_labels(recipe):
     assert context[0].tolist() == [13, 14] and context[-1].tolist() == [18, 19]
 
 
-def test_template_prompts_are_distinct_filled_and_seeded(recipe):
+def test_template_prompts_are_distinct_filled_and_seeded(self_distill):
     parts = yaml.safe_load((RECIPES / "medusa" / "prose_prompt_parts.yaml").read_text())
-    prompts = recipe.template_prompts(parts, 120, seed=0)
+    prompts = self_distill.template_prompts(parts, 120, seed=0)
     assert len(prompts) == len(set(prompts)) == 120
     assert not any("{" in p or "}" in p for p in prompts)
-    assert prompts == recipe.template_prompts(parts, 120, seed=0)
-    assert prompts != recipe.template_prompts(parts, 120, seed=1)
+    assert prompts == self_distill.template_prompts(parts, 120, seed=0)
+    assert prompts != self_distill.template_prompts(parts, 120, seed=1)
 
 
 @pytest.mark.parametrize("token_conditioned", [False, True])

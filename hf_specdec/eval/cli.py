@@ -25,7 +25,7 @@ import hf_specdec
 
 from ..cpu_speedups import optimize_for_cpu
 from .config import EvalConfig, config_to_dict, load_config
-from .loading import EvalPrompt, load_eval_prompts, load_model
+from .loading import EvalPrompt, load_draft_model, load_eval_prompts, load_model
 from .methods import MethodFactory, skip_reason
 from .report import write_outputs
 from .runner import RecordStore, read_records, run_speed
@@ -74,8 +74,8 @@ def _accelerator_available() -> bool:
 def load_run_models(config: EvalConfig, device: torch.device):
     """Target, tokenizer and draft on `device`; optimize_for_cpu on both when on the CPU and asked for."""
     target, tokenizer = load_model(config.target)
-    draft = load_model(config.draft)[0] if config.draft is not None else None
     target.to(device)
+    draft = load_draft_model(config.draft, target) if config.draft is not None else None
     if draft is not None:
         draft.to(device)
     optimized = device.type == "cpu" and config.cpu_optimize

@@ -25,7 +25,8 @@ class ModelSpec:
     """A model by name: `smollm2` (packaged SmolLM2-135M-Instruct), `tiny-random-llama` (built in-process from
     `seed`, with a byte-level tokenizer; for tests) or a local checkpoint folder."""
 
-    name: str = field(metadata={"help": "'smollm2', 'tiny-random-llama' or a local checkpoint directory."})
+    name: str = field(metadata={"help": "'smollm2', 'tiny-random-llama' or a local checkpoint directory; as the "
+                                        "draft also 'smollm2-draft' or a folder made by recipes/distill_draft.py."})
     seed: int = field(default=0, metadata={"help": "tiny-random-llama: initialisation seed."})
     layers: int = field(default=2, metadata={"help": "tiny-random-llama: decoder layers."})
     hidden: int = field(default=32, metadata={"help": "tiny-random-llama: hidden size."})

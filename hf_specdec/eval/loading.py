@@ -42,6 +42,21 @@ def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def load_draft_model(spec: ModelSpec, target: PreTrainedModel) -> PreTrainedModel:
+    """The draft a `ModelSpec` names: `smollm2-draft` (the committed distilled draft of SmolLM2), a draft folder
+    made by recipes/distill_draft.py (both share `target`'s embedding and LM head), or any model `load_model`
+    loads."""
+    from ..distilled_draft import is_draft_folder, load_draft
+
+    if spec.name == "smollm2-draft":
+        from ..models import load_smollm2_draft
+
+        return load_smollm2_draft(target)
+    if is_draft_folder(Path(spec.name).expanduser()):
+        return load_draft(Path(spec.name).expanduser(), target)
+    return load_model(spec)[0]
+
+
 @dataclass
 class EvalPrompt:
     """A prompt with its run-wide id `uid` ("<dataset>/<id>") and its position in the run (for the rotation)."""

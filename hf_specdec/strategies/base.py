@@ -86,6 +86,11 @@ class SpeculativeStrategy(CandidateGenerator):
         self.generation_config = generation_config
         self.logits_processor = logits_processor
 
+    def draft_budget(self) -> int:
+        """The most tokens the next step may draft: the schedule's K (a strategy with more than one drafter, e.g.
+        prompt lookup in front of a model, may allow its cheap one more)."""
+        return self.schedule.next_k()
+
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         """Drafts at most `max_tokens` tokens to follow `input_ids` (`[1, n]`)."""
         raise NotImplementedError
@@ -106,7 +111,7 @@ class SpeculativeStrategy(CandidateGenerator):
 
     # ---- Transformers' CandidateGenerator interface, for code written against it ------------------------------
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs: Any) -> tuple[torch.LongTensor, torch.Tensor | None]:
-        draft = self.propose(input_ids, self.schedule.next_k())
+        draft = self.propose(input_ids, self.draft_budget())
         self._last_draft_length = draft.tokens.numel()
         candidate_ids = torch.cat([input_ids, draft.tokens.to(input_ids.device)[None]], dim=-1)
         candidate_logits = None if draft.probs is None else draft.probs.log()[None]

@@ -1,0 +1,90 @@
+"""What a draft cut from SmolLM2-135M costs per drafted token on this CPU, by number of layers and LM head.
+
+    python benchmarks/draft_cost.py [--layers 1 2 3 4 6] [--vocab 12000]
+
+Drafts are untrained copies (cost does not depend on the weights); each drafts 5 tokens after a 200-token
+context through `DraftModelStrategy`'s own forward, `optimize_for_cpu` on target and draft. Prints ms per
+drafted token, the ratio to one target decode step, and the break-even acceptance of a K=5 draft: the
+per-token acceptance at which drafting 5 tokens + a 6-token verify just matches plain decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+
+import hf_specdec
+from hf_specdec.compat import CACHE_KWARG
+from hf_specdec.cpu_speedups import optimize_for_cpu
+from hf_specdec.distilled_draft import build_draft, set_draft_vocab
+from hf_specdec.models import load_smollm2
+
+K = 5
+
+
+def target_step_ms(model, context: torch.LongTensor, new_tokens: int, repeats: int = 7) -> float:
+    times = []
+    for _ in range(repeats):
+        cache = DynamicCache()
+        model(input_ids=context, use_cache=True, **{CACHE_KWARG: cache})
+        start = time.perf_counter()
+        model(input_ids=context[:, -new_tokens:], use_cache=True, **{CACHE_KWARG: cache},
+              position_ids=torch.arange(context.shape[1], context.shape[1] + new_tokens)[None])
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def draft_token_ms(strategy, target, context: torch.LongTensor, repeats: int = 7) -> float:
+    times = []
+    for _ in range(repeats):
+        strategy.begin(target, context, GenerationConfig(do_sample=False), LogitsProcessorList())
+        strategy._draft(context, 1)  # prefill the draft cache
+        start = time.perf_counter()
+        strategy._draft(context, K)
+        times.append((time.perf_counter() - start) / K)
+        strategy.end()
+    return 1000 * statistics.median(times)
+
+
+def break_even(draft_ratio: float, verify_ratio: float) -> float:
+    """Per-token acceptance a at which (1 + a + ... + a^K) tokens per (K * draft + verify) equals plain."""
+    cost = K * draft_ratio + verify_ratio
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        a = (low + high) / 2
+        low, high = (a, high) if sum(a**i for i in range(K + 1)) < cost else (low, a)
+    return (low + high) / 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3, 4, 6])
+    parser.add_argument("--vocab", type=int, default=12000, help="draft-vocabulary size for the restricted rows")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    target = load_smollm2()
+    context = torch.randint(0, 49152, (1, 200), generator=torch.Generator().manual_seed(0))
+    drafts = {n: build_draft(target, list(range(n - 1)) + [29]) for n in args.layers}
+    optimize_for_cpu(target)
+    for draft in drafts.values():
+        optimize_for_cpu(draft)
+    with torch.no_grad():
+        step, verify = target_step_ms(target, context, 1), target_step_ms(target, context, K + 1)
+        print(f"target: decode step {step:.1f} ms, {K + 1}-token verify {verify:.1f} ms ({verify / step:.2f}x)")
+        print("| layers | LM head | ms / drafted token | x target step | break-even acceptance (K=5) |")
+        print("|---|---|---|---|---|")
+        for n, draft in drafts.items():
+            for label in ("full", f"{args.vocab} rows"):
+                if label != "full":
+                    set_draft_vocab(draft, torch.randperm(49152, generator=torch.Generator().manual_seed(1))[: args.vocab])
+                strategy = hf_specdec.DraftModelStrategy(draft, skip_unprofitable_drafts=False)
+                ms = draft_token_ms(strategy, target, context)
+                print(f"| {n} | {label} | {ms:.2f} | {ms / step:.3f} | {break_even(ms / step, verify / step):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
