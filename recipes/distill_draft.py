@@ -20,7 +20,6 @@ The draft is saved in bf16 (`save_dtype`) with its recipe and training log; load
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -29,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,7 +37,7 @@ from hf_specdec.distilled_draft import build_draft, save_draft, write_draft_card
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
-from self_distill import TrainingSequence, training_sequences  # noqa: E402
+from self_distill import TrainingSequence, heldout_split, start_run, training_sequences  # noqa: E402
 
 
 # ---- data: teacher-forced batches ---------------------------------------------------------------------------------
@@ -205,23 +203,8 @@ def draft_vocabulary(sequences: list[TrainingSequence], setting: str, vocab_size
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=HERE / "draft" / "smollm2_135m.yaml")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/draft-smollm2-135m"))
-    args = parser.parse_args()
-    cfg = yaml.safe_load(args.config.read_text())
-    torch.manual_seed(cfg["seed"])
-    torch.set_num_threads(cfg["train"]["threads"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cfg["data"]["cache_dir"])
-    cache.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "training_log.jsonl"
-
-    def log(record: dict) -> None:
-        record = {"time": round(time.time(), 1), **record}
-        tqdm.write(json.dumps(record))
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+    args, cfg, cache, log = start_run(__doc__, HERE / "draft" / "smollm2_135m.yaml",
+                                      Path("artifacts/draft-smollm2-135m"))
 
     model, tokenizer, target_name = load_target(cfg.get("target", "smollm2"))
     model.requires_grad_(False)
@@ -232,10 +215,8 @@ def main() -> None:
     log({"event": "data", "sequences": len(sequences), "tokens": sum(len(s.ids) for s in sequences),
          "seconds": round(time.time() - t0, 1)})
 
-    order = list(range(len(sequences)))
-    random.Random(cfg["seed"]).shuffle(order)
-    num_heldout = max(1, int(len(order) * cfg["data"]["heldout_fraction"]))
-    heldout, train_seqs = [sequences[i] for i in order[:num_heldout]], [sequences[i] for i in order[num_heldout:]]
+    heldout_ids, train_ids = heldout_split(len(sequences), cfg["seed"], cfg["data"]["heldout_fraction"])
+    heldout, train_seqs = [sequences[i] for i in heldout_ids], [sequences[i] for i in train_ids]
     lm_weight = model.get_output_embeddings().weight.detach()  # [V, H]
     vocab = draft_vocabulary(train_seqs, cfg["draft"]["vocab"], lm_weight.shape[0])
     draft = build_draft(model, cfg["draft"]["layers"]).float().train()

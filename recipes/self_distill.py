@@ -9,11 +9,13 @@ from `recipes/medusa/prose_prompt_parts.yaml`. Every generated batch is cached u
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import json
 import random
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,3 +209,38 @@ def training_sequences(model, tokenizer, cfg: dict, cache: Path, seed: int) -> l
         print(f"self-distilled {name}: {len(generated)} sequences, {written} tokens written by the target")
         sequences += generated
     return sequences
+
+
+# ---- what every recipe does first ---------------------------------------------------------------------------------
+def start_run(description: str, default_config: Path, default_out: Path):
+    """Parses `--config/--out`, seeds torch, sets the threads, makes the output and cache folders.
+
+    Returns (args, cfg, cache folder, log), where `log(record)` prints a JSON record and appends it to
+    `<out>/training_log.jsonl` with a timestamp."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=default_config)
+    parser.add_argument("--out", type=Path, default=default_out)
+    args = parser.parse_args()
+    cfg = yaml.safe_load(args.config.read_text())
+    torch.manual_seed(cfg["seed"])
+    torch.set_num_threads(cfg["train"]["threads"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg["data"]["cache_dir"])
+    cache.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "training_log.jsonl"
+
+    def log(record: dict) -> None:
+        record = {"time": round(time.time(), 1), **record}
+        tqdm.write(json.dumps(record))
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    return args, cfg, cache, log
+
+
+def heldout_split(count: int, seed: int, fraction: float) -> tuple[list[int], list[int]]:
+    """(held-out, training) sequence indices: a seeded shuffle, the first `fraction` held out (at least one)."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    num_heldout = max(1, int(count * fraction))
+    return order[:num_heldout], order[num_heldout:]

@@ -18,16 +18,13 @@ Steps (each cached under `data.cache_dir`, so a rerun resumes where the last one
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from tqdm import tqdm
 
@@ -37,7 +34,7 @@ from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
-from self_distill import TrainingSequence, training_sequences  # noqa: E402
+from self_distill import TrainingSequence, heldout_split, start_run, training_sequences  # noqa: E402
 
 
 def position_table(sequences: list[TrainingSequence], indices, num_heads: int,
@@ -177,23 +174,8 @@ def train(cfg: dict, view: TrainingView, train_set, heldout_set, out: Path, log)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=HERE / "medusa" / "smollm2_135m.yaml")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/medusa-smollm2-135m"))
-    args = parser.parse_args()
-    cfg = yaml.safe_load(args.config.read_text())
-    torch.manual_seed(cfg["seed"])
-    torch.set_num_threads(cfg["train"]["threads"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cfg["data"]["cache_dir"])
-    cache.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "training_log.jsonl"
-
-    def log(record: dict) -> None:
-        record = {"time": round(time.time(), 1), **record}
-        tqdm.write(json.dumps(record))
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+    args, cfg, cache, log = start_run(__doc__, HERE / "medusa" / "smollm2_135m.yaml",
+                                      Path("artifacts/medusa-smollm2-135m"))
 
     model, tokenizer = load_smollm2(), load_smollm2_tokenizer()
     optimize_for_cpu(model)
@@ -204,11 +186,9 @@ def main() -> None:
          "seconds": round(time.time() - t0, 1)})
 
     num_heads = cfg["heads"]["num_heads"]
-    order = list(range(len(sequences)))
-    random.Random(cfg["seed"]).shuffle(order)
-    num_heldout = max(1, int(len(order) * cfg["data"]["heldout_fraction"]))
-    train_set = position_table(sequences, order[num_heldout:], num_heads)
-    heldout_set = position_table(sequences, order[:num_heldout], num_heads)
+    heldout_ids, train_ids = heldout_split(len(sequences), cfg["seed"], cfg["data"]["heldout_fraction"])
+    train_set = position_table(sequences, train_ids, num_heads)
+    heldout_set = position_table(sequences, heldout_ids, num_heads)
     lm_weight = model.get_output_embeddings().weight.detach()  # [V, H], frozen
     log({"event": "split", "train_positions": train_set[0].shape[0], "heldout_positions": heldout_set[0].shape[0],
          "heldout_top1_untrained": base_accuracy(lm_weight, *heldout_set)})

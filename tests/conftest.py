@@ -29,8 +29,8 @@ def make_llama(vocab_size: int = VOCAB, layers: int = 2, hidden: int = 32, seed:
 def draft_strategy(draft, **settings) -> hf_specdec.DraftModelStrategy:
     """DraftModelStrategy with its cost gate off. Tiny drafts cost as much as tiny targets, so the gate would (rightly)
     stop drafting after a step or two, and the tests would no longer exercise drafts, rejections and stops inside
-    them. The gate has tests of its own."""
-    return hf_specdec.DraftModelStrategy(draft, skip_unprofitable_drafts=False, **settings)
+    them. The gate has tests of its own. Prompt lookup in front is off unless asked for, for the same reason."""
+    return hf_specdec.DraftModelStrategy(draft, **{"skip_unprofitable_drafts": False, "lookup_min_ngram": 0, **settings})
 
 
 @pytest.fixture(scope="session")

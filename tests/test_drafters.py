@@ -112,10 +112,11 @@ def test_a_useless_draft_model_stops_drafting(tiny_llama):
         draft.lm_head.weight.neg_()  # its favourite token is always the target's least likely one
     prompt = repetitive_prompt(3)
     expected = tiny_llama.generate(prompt, max_new_tokens=60, do_sample=False, eos_token_id=None)
-    gated = hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=4)
+    gated = hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=4, lookup_min_ngram=0)
     actual = tiny_llama.generate(prompt, max_new_tokens=60, do_sample=False, eos_token_id=None, assistant_model=gated)
     assert torch.equal(actual, expected)
     assert gated.last_stats.accepted == 0 and gated.last_stats.drafting_steps <= 8
-    ungated = hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=4, skip_unprofitable_drafts=False)
+    ungated = hf_specdec.DraftModelStrategy(draft, num_speculative_tokens=4, skip_unprofitable_drafts=False,
+                                           lookup_min_ngram=0)
     tiny_llama.generate(prompt, max_new_tokens=60, do_sample=False, eos_token_id=None, assistant_model=ungated)
     assert ungated.last_stats.drafting_steps > 50  # without the gate every step drafts (and fails)

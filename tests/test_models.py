@@ -105,7 +105,8 @@ def test_the_committed_draft_is_lossless_on_the_real_target():
         return counts
 
     plain = pairs(None, 1)
-    spec = pairs(hf_specdec.DraftModelStrategy(draft, skip_unprofitable_drafts=False, num_speculative_tokens=2), 2)
+    spec = pairs(hf_specdec.DraftModelStrategy(draft, skip_unprofitable_drafts=False, num_speculative_tokens=2,
+                                             lookup_min_ngram=0), 2)
     cells = sorted(set(plain) | set(spec))
     common = [c for c in cells if plain[c] + spec[c] >= 10]
     table = [[counts[c] for c in common] + [sum(counts[c] for c in cells if c not in common)]

@@ -40,10 +40,11 @@ class DraftModelConfig(StrategyConfig):
                           "draft now and then (less and less often while it keeps failing)."},
     )
     lookup_min_ngram: int = field(
-        default=0,
-        metadata={"help": "0: the draft model drafts every step. n in 1..4: first look the last 4, 3, ..., n tokens "
-                          "up in the text so far (prompt lookup); on a match, draft its continuation (up to "
-                          "`lookup_num_tokens`) instead of running the draft model."},
+        default=2,
+        metadata={"help": "0: the draft model drafts every step. n in 1..4 (default 2, the fastest measured with "
+                          "the distilled SmolLM2 draft): first look the last 4, 3, ..., n tokens up in the text so far "
+                          "(prompt lookup); on a match, draft its continuation (up to `lookup_num_tokens`) instead "
+                          "of running the draft model."},
     )
     lookup_num_tokens: int = field(default=10, metadata={"help": "Longest prompt-lookup draft (lookup_min_ngram > 0)."})
     use_draft_vocab: bool = field(
