@@ -6,7 +6,7 @@ interleaved per prompt after a warm-up, every output checked against plain gener
 benchmark's (HumanEval from `--code-start`, the MT-Bench prose set).
 
     python benchmarks/draft_benchmark.py --code 20 --prose 20
-    python benchmarks/draft_benchmark.py --methods plain draft draft-k4 --code-start 100   # held-out prompts
+    python benchmarks/draft_benchmark.py --code 14 --code-start 6 --prose 14 --prose-start 6   # not the ablation's
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def method_table(draft) -> dict:
         "draft-heuristic": ours(schedule="heuristic"),
         "draft-egag": ours(schedule="entropy"),
         "draft-full-vocab": ours(use_draft_vocab=False),
+        "draft-alone-k2": ours(lookup_min_ngram=0, num_speculative_tokens=2),
         "draft-ungated": ours(skip_unprofitable_drafts=False),
-        "draft-lookup": ours(lookup_min_ngram=2),
         "draft-lookup3": ours(lookup_min_ngram=3),
     }
 
@@ -49,11 +49,12 @@ def main() -> None:
     parser.add_argument("--code", type=int, default=20)
     parser.add_argument("--code-start", type=int, default=0)
     parser.add_argument("--prose", type=int, default=20)
+    parser.add_argument("--prose-start", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft", type=Path, default=None, help="a draft folder (default: the committed one)")
     parser.add_argument("--methods", nargs="+", default=["plain", "transformers-prompt-lookup",
-                                                          "transformers-assisted", "draft", "draft-lookup"])
+                                                          "transformers-assisted", "draft", "draft-alone-k2"])
     parser.add_argument("--out", type=Path, default=None, help="also write every row as JSON lines here")
     args = parser.parse_args()
 
@@ -68,7 +69,7 @@ def main() -> None:
         raise SystemExit(f"unknown methods {unknown}; known: {sorted(table)}")
     methods = {name: table[name] for name in args.methods}
     sets = {"code": load_humaneval(limit=args.code, start=args.code_start),
-            "prose": load_mtbench_prose(tokenizer)[: args.prose]}
+            "prose": load_mtbench_prose(tokenizer)[args.prose_start : args.prose_start + args.prose]}
     sets = {name: prompts for name, prompts in sets.items() if prompts}
     rows = interleaved_runs(model, tokenizer, sets, methods, args.max_new_tokens)
     if args.out:

@@ -20,8 +20,6 @@ The draft is saved in bf16 (`save_dtype`) with its recipe and training log; load
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import sys
 import time
@@ -37,7 +35,8 @@ from hf_specdec.distilled_draft import build_draft, save_draft, write_draft_card
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
-from self_distill import TrainingSequence, heldout_split, start_run, training_sequences  # noqa: E402
+from self_distill import (TrainingSequence, heldout_split, resume, save_checkpoint, start_run,  # noqa: E402
+                          training_sequences, warmup_cosine)
 
 
 # ---- data: teacher-forced batches ---------------------------------------------------------------------------------
@@ -147,14 +146,10 @@ def train(cfg: dict, view: DistillationView, train_seqs, heldout_seqs, lm_weight
     total = steps_per_epoch * tc["epochs"]
     optimizer = torch.optim.AdamW([p for p in view.parameters() if p.requires_grad], lr=tc["lr"],
                                   weight_decay=tc["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / tc["warmup_steps"])
-                                                  * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    scheduler = warmup_cosine(optimizer, tc["warmup_steps"], total)
     view, optimizer, scheduler = accelerator.prepare(view, optimizer, scheduler)
-    checkpoint, step = out / "checkpoint", 0
-    if (checkpoint / "step.json").exists():
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / "step.json").read_text())["step"]
-        log({"event": "resumed", "step": step})
+    checkpoint = out / "checkpoint"
+    step = resume(accelerator, checkpoint, log)
     bar = tqdm(total=total, initial=step, desc="distil draft")
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -178,8 +173,7 @@ def train(cfg: dict, view: DistillationView, train_seqs, heldout_seqs, lm_weight
             log({"event": "heldout", "step": step, **heldout_metrics(accelerator.unwrap_model(view), heldout_seqs,
                                                                     lm_weight, vocab, tc["tokens_per_batch"])})
         if step % tc["checkpoint_every"] == 0 or step == total:
-            accelerator.save_state(str(checkpoint))
-            (checkpoint / "step.json").write_text(json.dumps({"step": step}))
+            save_checkpoint(accelerator, checkpoint, step)
     bar.close()
 
 

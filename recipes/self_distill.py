@@ -13,6 +13,7 @@ import argparse
 import ast
 import hashlib
 import json
+import math
 import random
 import sysconfig
 import time
@@ -244,3 +245,25 @@ def heldout_split(count: int, seed: int, fraction: float) -> tuple[list[int], li
     random.Random(seed).shuffle(order)
     num_heldout = max(1, int(count * fraction))
     return order[:num_heldout], order[num_heldout:]
+
+
+# ---- what every training loop shares ------------------------------------------------------------------------------
+def warmup_cosine(optimizer, warmup_steps: int, total: int):
+    """Linear warmup over `warmup_steps`, then cosine decay to 0 at step `total`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps)
+                                             * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+
+def resume(accelerator, checkpoint: Path, log) -> int:
+    """Loads `checkpoint` (accelerate state + `step.json`) if it exists; returns the step to go on from (0: none)."""
+    if not (checkpoint / "step.json").exists():
+        return 0
+    accelerator.load_state(str(checkpoint))
+    step = json.loads((checkpoint / "step.json").read_text())["step"]
+    log({"event": "resumed", "step": step})
+    return step
+
+
+def save_checkpoint(accelerator, checkpoint: Path, step: int) -> None:
+    accelerator.save_state(str(checkpoint))
+    (checkpoint / "step.json").write_text(json.dumps({"step": step}))

@@ -18,7 +18,6 @@ Steps (each cached under `data.cache_dir`, so a rerun resumes where the last one
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -34,7 +33,8 @@ from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
-from self_distill import TrainingSequence, heldout_split, start_run, training_sequences  # noqa: E402
+from self_distill import (TrainingSequence, heldout_split, resume, save_checkpoint, start_run,  # noqa: E402
+                          training_sequences, warmup_cosine)
 
 
 def position_table(sequences: list[TrainingSequence], indices, num_heads: int,
@@ -136,16 +136,11 @@ def train(cfg: dict, view: TrainingView, train_set, heldout_set, out: Path, log)
                                   weight_decay=tc["weight_decay"])
     steps_per_epoch = math.ceil(hidden.shape[0] / tc["batch_size"])
     total = steps_per_epoch * tc["epochs"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / tc["warmup_steps"])
-                                                  * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    scheduler = warmup_cosine(optimizer, tc["warmup_steps"], total)
     view.vocab = vocab_index
     view, optimizer, scheduler = accelerator.prepare(view, optimizer, scheduler)
     checkpoint = out / "checkpoint"
-    step = 0
-    if (checkpoint / "step.json").exists():
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / "step.json").read_text())["step"]
-        log({"event": "resumed", "step": step})
+    step = resume(accelerator, checkpoint, log)
     bar = tqdm(total=total, initial=step, desc="train heads")
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -167,8 +162,7 @@ def train(cfg: dict, view: TrainingView, train_set, heldout_set, out: Path, log)
         if step % tc["eval_every"] == 0 or step == total:
             log({"event": "heldout", "step": step, "top1": evaluate(accelerator.unwrap_model(view), *heldout_set)})
         if step % tc["checkpoint_every"] == 0 or step == total:
-            accelerator.save_state(str(checkpoint))
-            (checkpoint / "step.json").write_text(json.dumps({"step": step}))
+            save_checkpoint(accelerator, checkpoint, step)
     bar.close()
     return vocab_index
 
