@@ -57,6 +57,13 @@ def attach_shared_weights(draft: PreTrainedModel, target: PreTrainedModel) -> No
     draft.set_output_embeddings(target.get_output_embeddings())
 
 
+def owned_parameters(draft: PreTrainedModel, target: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
+    """The draft's own parameters by name: all but the embedding and LM head it shares with `target`."""
+    shared = {id(p) for module in (target.get_input_embeddings(), target.get_output_embeddings())
+              for p in module.parameters()}
+    return {name: p for name, p in draft.named_parameters() if id(p) not in shared}
+
+
 def draft_fingerprint(target: PreTrainedModel, name: str | None = None) -> dict:
     """The target's fingerprint plus its embedding's norm: the shared weights must be that target's own."""
     info = target_fingerprint(target, name)
@@ -80,9 +87,7 @@ def save_draft(draft: PreTrainedModel, directory: str | Path, target: PreTrained
     and the target's fingerprint to `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    shared = {id(p) for module in (target.get_input_embeddings(), target.get_output_embeddings())
-              for p in module.parameters()}
-    owned = {name: p.detach().to(dtype).contiguous() for name, p in draft.named_parameters() if id(p) not in shared}
+    owned = {name: p.detach().to(dtype).contiguous() for name, p in owned_parameters(draft, target).items()}
     if draft_vocab is not None:
         owned[VOCAB_KEY] = draft_vocab.to(torch.int64).cpu().contiguous()
     save_file(owned, str(directory / WEIGHTS_FILE))
@@ -113,10 +118,7 @@ def load_draft(directory: str | Path, target: PreTrainedModel) -> PreTrainedMode
     attach_shared_weights(draft, target)
     weights = load_file(str(directory / WEIGHTS_FILE))
     vocab = weights.pop(VOCAB_KEY, None)
-    missing = set(dict(draft.named_parameters())) - set(weights) - {
-        name for name, p in draft.named_parameters()
-        if any(p is q for q in (*target.get_input_embeddings().parameters(),
-                                *target.get_output_embeddings().parameters()))}
+    missing = set(owned_parameters(draft, target)) - set(weights)
     if missing:
         raise ValueError(f"{directory / WEIGHTS_FILE} lacks {sorted(missing)[:3]}...: the folder is incomplete.")
     draft.load_state_dict(weights, strict=False)

@@ -142,7 +142,8 @@ def train(cfg: dict, view: DistillationView, train_seqs, heldout_seqs, lm_weight
     tc = cfg["train"]
     accelerator = Accelerator()
     lengths = [len(s.ids) for s in train_seqs]
-    steps_per_epoch = len(batch_plan(lengths, tc["tokens_per_batch"], cfg["seed"], 0))
+    plans = {0: batch_plan(lengths, tc["tokens_per_batch"], cfg["seed"], 0)}  # epoch -> its batches, made once
+    steps_per_epoch = len(plans[0])
     total = steps_per_epoch * tc["epochs"]
     optimizer = torch.optim.AdamW([p for p in view.parameters() if p.requires_grad], lr=tc["lr"],
                                   weight_decay=tc["weight_decay"])
@@ -153,7 +154,9 @@ def train(cfg: dict, view: DistillationView, train_seqs, heldout_seqs, lm_weight
     bar = tqdm(total=total, initial=step, desc="distil draft")
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
-        batch = batch_plan(lengths, tc["tokens_per_batch"], cfg["seed"], epoch)[offset]
+        if epoch not in plans:
+            plans = {epoch: batch_plan(lengths, tc["tokens_per_batch"], cfg["seed"], epoch)}
+        batch = plans[epoch][offset]
         ids, attention, loss_mask, teacher_hidden = collate([train_seqs[i] for i in batch])
         device = accelerator.device
         student = view(ids.to(device), attention.to(device), loss_mask.to(device))

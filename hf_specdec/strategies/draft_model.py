@@ -18,12 +18,11 @@ from ..config import StrategyConfig, register_config
 from ..distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
 from ..schedules import DraftGate, ema, observe_gate
 from .base import Draft, SpeculativeStrategy
-from .ngram import longest_match
+from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, longest_match
 
 
 DRAFT_DIR = "draft"  # the draft model inside a strategy folder
 DRAFT_POINTER = "draft_model.json"  # or only where to load it from
-LOOKUP_MAX_NGRAM = 4  # longest suffix prompt lookup tries first
 MODEL_BUCKET = 0  # cost-gate bucket of the draft model's drafts; prompt-lookup drafts use 1 + 2 * n-gram size + ...
 
 
@@ -55,9 +54,7 @@ class DraftModelConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.lookup_min_ngram <= LOOKUP_MAX_NGRAM:
-            raise ValueError(f"lookup_min_ngram must be in [0, {LOOKUP_MAX_NGRAM}] (0 turns lookup off), got "
-                             f"{self.lookup_min_ngram}.")
+        check_lookup_min_ngram(self.lookup_min_ngram)
         if self.lookup_num_tokens < 1:
             raise ValueError(f"lookup_num_tokens must be >= 1, got {self.lookup_num_tokens}.")
 
@@ -84,6 +81,7 @@ class DraftModelStrategy(SpeculativeStrategy):
         self.draft_model = draft_model.eval()
         self._cache: DynamicCache | None = None
         self._vocab: torch.LongTensor | None = None  # the draft vocabulary in use this call, see `begin`
+        self._vocab_head_key: tuple | None = None  # which LM head and vocabulary `_vocab_head_t` was sliced from
         self._cached_tokens: list[int] = []  # the tokens whose keys/values the draft cache holds
         # Starts optimistic (a whole draft accepted), so a good draft drafts from the first step; a useless one is
         # found out in a few steps and then only probed, ever more rarely.
@@ -132,9 +130,12 @@ class DraftModelStrategy(SpeculativeStrategy):
         self._cached_tokens = []
         self._vocab = carried_draft_vocab(self.draft_model) if self.config.use_draft_vocab else None
         if self._vocab is not None:
-            weight = self.draft_model.get_output_embeddings().weight.detach()  # [V, H]
-            self._vocab_head_t = weight[self._vocab].t().contiguous()  # [H, V']: x @ W^T for M = 1, contiguous
             self._vocab_size = draft_vocab
+            weight = self.draft_model.get_output_embeddings().weight  # [V, H]
+            key = (weight.data_ptr(), weight._version, self._vocab.data_ptr())
+            if self._vocab_head_key != key:  # sliced once, again only if the head or the vocabulary changed
+                self._vocab_head_t = weight.detach()[self._vocab].t().contiguous()  # [H, V']: x @ W^T, M = 1
+                self._vocab_head_key = key
 
     def end(self) -> None:
         self._cache, self._cached_tokens = None, []

@@ -20,10 +20,9 @@ from ..medusa_heads import MedusaHeads
 from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, build_tree, chain_tree
 from ..tree_decoding import TreeDraft
 from .base import Draft, SpeculativeStrategy
-from .ngram import NGramConfig, longest_match
+from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, longest_match
 
 TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
-LOOKUP_MAX_NGRAM = NGramConfig.max_ngram_size  # longest suffix prompt lookup tries first (its default, 4)
 
 
 @register_config
@@ -62,9 +61,7 @@ class MedusaConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.lookup_min_ngram <= LOOKUP_MAX_NGRAM:
-            raise ValueError(f"lookup_min_ngram must be in [0, {LOOKUP_MAX_NGRAM}] (0 turns lookup off), got "
-                             f"{self.lookup_min_ngram}.")
+        check_lookup_min_ngram(self.lookup_min_ngram)
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}.")
         if self.schedule == "entropy":

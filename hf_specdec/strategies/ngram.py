@@ -73,6 +73,16 @@ def longest_match(tokens: torch.LongTensor, max_ngram_size: int, min_ngram_size:
     return None
 
 
+# Prompt lookup in front of another drafter (MedusaStrategy, DraftModelStrategy): the longest suffix tried first.
+LOOKUP_MAX_NGRAM = NGramConfig.max_ngram_size  # its default, 4
+
+
+def check_lookup_min_ngram(value: int) -> None:
+    """`lookup_min_ngram` of a strategy with prompt lookup in front: 0 (off) or a suffix length 1..4."""
+    if not 0 <= value <= LOOKUP_MAX_NGRAM:
+        raise ValueError(f"lookup_min_ngram must be in [0, {LOOKUP_MAX_NGRAM}] (0 turns lookup off), got {value}.")
+
+
 class NGramStrategy(SpeculativeStrategy):
     """Prompt lookup decoding (Saxena 2023): no draft model, drafts copied from the prompt and output so far.
 
