@@ -7,6 +7,8 @@ from . import hook
 from .auto import AutoStrategy
 from .config import StrategyConfig
 from .medusa_heads import MedusaHeads, MedusaHeadsConfig
+from .mixture import sample_geometric_mixture
+from .mixture_math import GeometricMixture
 from .stats import GenerationStats, StepEvent
 from .strategies import (
     STRATEGIES,
@@ -34,6 +36,7 @@ __all__ = [
     "DraftModelConfig",
     "DraftModelStrategy",
     "GenerationStats",
+    "GeometricMixture",
     "MedusaConfig",
     "MedusaHeads",
     "MedusaHeadsConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "StepEvent",
     "StrategyConfig",
     "greedy_verify",
+    "sample_geometric_mixture",
     "speculative_sampling_verify",
     "typical_acceptance_verify",
 ]

@@ -39,6 +39,7 @@ class GenerationStats:
     prefill_time: float = 0.0
     total_time: float = 0.0
     accepted_lengths: list[int] = field(default_factory=list)  # tokens emitted per verify step
+    mean_alpha: float | None = None  # GeometricMixture: mean alpha* (the draft's weight) over the emitted tokens
 
     @property
     def acceptance_rate(self) -> float:

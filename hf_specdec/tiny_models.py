@@ -1,4 +1,5 @@
-"""Tiny randomly initialised Llama models and offline tokenizers, built in memory in well under a second.
+"""Tiny randomly initialised models (Llama; T5 and BART encoder-decoders) and offline tokenizers, built in memory in
+well under a second.
 
 Losslessness holds for any model, so the tests, the CLI's `tiny-random` model and the eval suite's
 `tiny-random-llama` target all use these: nothing is downloaded, and the outputs are meaningless on purpose.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM, PreTrainedModel,
+                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 BYTE_EOS = 256  # byte_tokenizer: ids 0..255 are bytes, 256 is EOS
@@ -40,6 +42,32 @@ def tiny_random_llama(vocab_size: int, *, eos_token_id: int | None, pad_token_id
             model.lm_head.weight.mul_(logit_scale)
     model.generation_config.eos_token_id = eos_token_id
     model.generation_config.pad_token_id = pad_token_id
+    return model
+
+
+def tiny_random_seq2seq(family: str, vocab_size: int, *, eos_token_id: int | None, layers: int = 2, hidden: int = 32,
+                        seed: int = 0, init_scale: float = 1.0) -> PreTrainedModel:
+    """A random T5 (`family="t5"`) or BART (`"bart"`) in eval mode; pad 0 (also T5's decoder start), BART's decoder
+    starts with its EOS id or 2. Initialised wider than the defaults (times `init_scale`; < 1 flattens the output
+    distribution) so its greedy output is not one repeated token."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    if family == "t5":
+        config = T5Config(vocab_size=vocab_size, d_model=hidden, d_kv=hidden // 4, d_ff=2 * hidden, num_layers=layers,
+                          num_decoder_layers=layers, num_heads=4, pad_token_id=0, decoder_start_token_id=0,
+                          eos_token_id=eos_token_id, initializer_factor=8.0 * init_scale)
+        model = T5ForConditionalGeneration(config)
+    elif family == "bart":
+        config = BartConfig(vocab_size=vocab_size, d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * hidden,
+                            decoder_ffn_dim=2 * hidden, max_position_embeddings=512, pad_token_id=0, bos_token_id=2,
+                            eos_token_id=eos_token_id, decoder_start_token_id=eos_token_id or 2,
+                            forced_eos_token_id=None, init_std=0.5 * init_scale)
+        model = BartForConditionalGeneration(config)
+    else:
+        raise ValueError(f"family must be 't5' or 'bart', got {family!r}.")
+    torch.random.set_rng_state(generator_state)
+    model.eval().generation_config.eos_token_id = eos_token_id
     return model
 
 

@@ -72,6 +72,14 @@ class TokenTree:
         return path[::-1]
 
 
+
+@dataclass
+class TreeDraft:
+    """A tree of candidates: its shape and the token at each node (`tokens` `[N]`)."""
+
+    tree: TokenTree
+    tokens: torch.LongTensor
+
 def build_tree(paths: Sequence[Sequence[int]], max_depth: int | None = None) -> TokenTree:
     """A tree from choice paths; missing prefixes are added, duplicates dropped, paths deeper than `max_depth`
     (e.g. the number of heads) removed. Nodes are ordered by depth, then path, so parents precede children."""

@@ -1,23 +1,22 @@
 """One speculative step over a tree draft: one target forward, pick the accepted path, keep only it in the cache.
 
-Called by `hf_specdec.decoding._speculative_step` when the strategy's `Draft` carries a `TreeDraft`. The target
-reads [last token, node 0, ..., node N-1] with the tree's 4D mask and position ids; the verifier walks the tree
-(greedy argmax match, lossless recursive rejection sampling, or LOSSY typical acceptance); the accepted path plus
-the target's next token are emitted through the same stopping criteria as a chain; the cache keeps the root and
-the accepted nodes (gathered along the sequence axis), then is cropped like any other step.
+Called by `hf_specdec.decoding` when the strategy's `Draft` carries a `TreeDraft`. The target reads [last token,
+node 0, ..., node N-1] with the tree's 4D mask and position ids; the verifier walks the tree (greedy argmax match,
+lossless recursive rejection sampling, or LOSSY typical acceptance); the accepted path plus the target's next token
+are emitted through the same stopping criteria as a chain; the cache keeps the root and the accepted nodes
+(gathered along the sequence axis), then is cropped like any other step.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .stats import StepEvent
+from .decode_run import DecodeRun
 from .tree import (
-    TokenTree,
+    TreeDraft,
     greedy_tree_verify,
     sampling_tree_verify,
     tree_attention_mask,
@@ -25,13 +24,7 @@ from .tree import (
     typical_tree_verify,
 )
 
-
-@dataclass
-class TreeDraft:
-    """A tree of candidates: its shape and the token at each node (`tokens` `[N]`)."""
-
-    tree: TokenTree
-    tokens: torch.LongTensor
+__all__ = ["TreeDraft", "keep_tree_path", "tree_scores", "tree_step", "verify_tree"]  # TreeDraft: its old home
 
 
 def tree_scores(logits_processor, input_ids: torch.LongTensor, tree_draft: TreeDraft, logits: torch.Tensor,
@@ -76,35 +69,31 @@ def verify_tree(config, do_sample: bool, tree_draft: TreeDraft, scores: torch.Te
     return greedy_tree_verify(tree_draft.tree, tree_draft.tokens, scores)
 
 
-def tree_step(model, strategy, draft, input_ids, cache, logits_processor, stopping_criteria, generation_config,
-              stats, record, streamer, draft_seconds: float):
-    """The tree counterpart of `decoding._speculative_step`; returns (new input_ids, finished)."""
-    from .decoding import _count_step, _emit, target_forward
-
+def tree_step(run: DecodeRun, draft, input_ids: torch.LongTensor, draft_seconds: float,
+              ) -> tuple[torch.LongTensor, bool]:
+    """The tree counterpart of `decoding.chain_step`; returns (new input_ids, finished)."""
     tree_draft: TreeDraft = draft.tree
     tree, nodes = tree_draft.tree, tree_draft.tokens.to(input_ids.device)  # nodes: [N]
     past = input_ids.shape[1] - 1
     t1 = time.perf_counter()
     verify_ids = torch.cat([input_ids[:, -1:], nodes[None]], dim=-1)  # [1, N + 1]
-    mask = tree_attention_mask(tree.parents, past, dtype=model.dtype).to(input_ids.device)
-    logits, hidden = target_forward(model, verify_ids, cache, past, output_hidden_states=strategy.needs_hidden_states,
-                                    attention_mask=mask,
-                                    position_ids=tree_position_ids(tree.depths, past).to(input_ids.device))
-    scores = tree_scores(logits_processor, input_ids, tree_draft, logits)  # [N + 1, V]
-    path, next_token = verify_tree(strategy.config, bool(generation_config.do_sample), tree_draft, scores)
+    mask = tree_attention_mask(tree.parents, past, dtype=run.model.dtype).to(input_ids.device)
+    logits, hidden = run.forward(verify_ids, past, attention_mask=mask,
+                                 position_ids=tree_position_ids(tree.depths, past).to(input_ids.device))
+    scores = tree_scores(run.logits_processor, input_ids, tree_draft, logits)  # [N + 1, V]
+    path, next_token = verify_tree(run.strategy.config, run.do_sample, tree_draft, scores)
     t2 = time.perf_counter()
 
     rows = [0] + [1 + node for node in path]
-    new_input_ids, finished = _emit(input_ids, nodes[path].tolist() + [next_token], stopping_criteria, stats, streamer)
+    new_input_ids, finished = run.emit(input_ids, nodes[path].tolist() + [next_token])
     num_emitted = new_input_ids.shape[1] - input_ids.shape[1]
-    keep_tree_path(cache, past, rows)
-    cache.crop(-(cache.get_seq_length() - (new_input_ids.shape[1] - 1)))
+    keep_tree_path(run.cache, past, rows)
+    run.cache.crop(-(run.cache.get_seq_length() - (new_input_ids.shape[1] - 1)))
     kept = torch.tensor(rows[:num_emitted], device=logits.device)
-    record.add(scores[kept], logits[kept])
-    strategy.observe(new_input_ids, draft, len(path), scores[kept], t2 - t1, None if hidden is None else hidden[kept])
+    run.record.add(scores[kept], logits[kept])
+    run.strategy.observe(new_input_ids, draft, len(path), scores[kept], t2 - t1,
+                         None if hidden is None else hidden[kept])
     # Stats count the tree's depth as "drafted": acceptance rate = accepted depth / tree depth.
-    _count_step(stats, tree.max_depth, min(len(path), num_emitted), num_emitted, draft_seconds, t2 - t1)
-    event = StepEvent(tuple(nodes[path].tolist()), len(path), tuple(new_input_ids[0, input_ids.shape[1]:].tolist()))
-    for listener in strategy.step_listeners:
-        listener(event)
+    run.count_step(tree.max_depth, min(len(path), num_emitted), num_emitted, draft_seconds, t2 - t1)
+    run.notify(nodes[path].tolist(), len(path), new_input_ids[0, input_ids.shape[1]:].tolist())
     return new_input_ids, finished

@@ -18,7 +18,7 @@ from ..publishing import (check_target_fits, read_target_file, resolve_folder, t
                           write_custom_generate, write_model_card, write_target_file)
 from ..schedules import make_schedule
 from ..stats import GenerationStats, StepEvent
-from ..tree_decoding import TreeDraft
+from ..tree import TreeDraft
 
 
 @dataclass
@@ -53,6 +53,8 @@ class SpeculativeStrategy(CandidateGenerator):
     config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
     # True: the loop asks the target for its last hidden states and passes them to `observe` (Medusa heads).
     needs_hidden_states: ClassVar[bool] = False
+    # False: the strategy refuses encoder-decoder targets in `begin` (it drafts from a decoder-only target's states).
+    supports_encoder_decoder: ClassVar[bool] = True
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any) -> None:
         if config is None:
@@ -71,6 +73,9 @@ class SpeculativeStrategy(CandidateGenerator):
         self._last_draft_length = 0
         # The target this strategy was saved for (`hf_specdec_target.json`), checked in `begin`; None: any target.
         self.made_for: dict[str, Any] | None = None
+        # Encoder-decoder targets: what the encoder read this call (see `set_encoder_inputs`), else None.
+        self.encoder_inputs: dict[str, torch.Tensor] | None = None
+        self.source_ids: torch.LongTensor | None = None
 
     @property
     def lossless(self) -> bool:
@@ -82,9 +87,47 @@ class SpeculativeStrategy(CandidateGenerator):
               logits_processor: LogitsProcessorList) -> None:
         """Called once per `generate` call, before the prefill. Subclasses validate the target here."""
         check_target_fits(self.made_for, target)
+        if target is not None and target.config.is_encoder_decoder and not self.supports_encoder_decoder:
+            raise ValueError(f"{type(self).__name__} supports decoder-only targets; {type(target).__name__} is an "
+                             "encoder-decoder. Use NGramStrategy(), NASDStrategy() or DraftModelStrategy(draft) "
+                             "with it.")
         self.target = target
         self.generation_config = generation_config
         self.logits_processor = logits_processor
+
+    def set_encoder_inputs(self, encoder_inputs: dict[str, torch.Tensor] | None) -> None:
+        """Called before `begin` with what an encoder-decoder target's encoder read (`{main input name: [1, S...],
+        "attention_mask": [1, S]}`), or None for a decoder-only target. Integer inputs (T5, BART) become
+        `source_ids` `[S]` (padding dropped), which prompt lookup searches too: summaries and translations copy
+        from their source."""
+        self.encoder_inputs = encoder_inputs
+        self.source_ids = None
+        source = None if encoder_inputs is None else next(iter(encoder_inputs.values()))
+        if source is not None and not source.is_floating_point() and source.dim() == 2:
+            mask = encoder_inputs.get("attention_mask")
+            self.source_ids = source[0] if mask is None else source[0][mask[0].bool()]
+
+    def lookup_tokens(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """The tokens prompt lookup searches, `[S + n]`: the encoder's source ids (if any), then the output so far
+        (the latest occurrence wins, so the output's own repeats come before the source's)."""
+        if self.source_ids is None:
+            return input_ids[0]
+        return torch.cat([self.source_ids.to(input_ids.device), input_ids[0]])
+
+    @property
+    def drafts_every_position(self) -> bool:
+        """True: `verification_scores` needs the draft's distribution at every verified position, so the loop asks
+        for a draft (`propose(input_ids, 0)` returns just that distribution) even where none may be drafted: the
+        prefill and the last token."""
+        return False
+
+    def verification_scores(self, target_scores: torch.Tensor, draft: Draft) -> torch.Tensor:
+        """The scores `[k + 1, V]` a step verifies against and emits from: here the target's own processed scores;
+        a strategy sampling another distribution (DraftModelStrategy with a GeometricMixture) returns its log-probs."""
+        return target_scores
+
+    def finish_stats(self, stats: GenerationStats) -> None:
+        """Called once per `generate` call with its statistics, to add the strategy's own figures."""
 
     def draft_budget(self) -> int:
         """The most tokens the next step may draft: the schedule's K (a strategy with more than one drafter, e.g.

@@ -1,5 +1,11 @@
-"""A small causal LM with the target's vocabulary drafts K tokens autoregressively, with its own DynamicCache;
-optionally prompt lookup drafts first where the text repeats itself."""
+"""A small model drafts K tokens autoregressively, with its own KV cache; optionally prompt lookup drafts first where
+the text repeats itself.
+
+The draft shares the target's tokenizer, or (with `draft_tokenizer=` and `target_tokenizer=`) it has its own: its
+text is then re-tokenised into target tokens, verified as point masses. For an encoder-decoder target the draft is
+an encoder-decoder too and runs its encoder once per call. With `verify_against=GeometricMixture(...)` the output
+follows q* ∝ draft^alpha * target^(1 - alpha) instead of the target alone (see docs/mixture.md).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,17 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
+from ..decode_run import accepts_logits_to_keep
 from ..distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
+from ..mixture_math import GeometricMixture
+from ..tokenizer_bridge import TokenizerBridge
 from ..schedules import DraftGate, ema, observe_gate
 from .base import Draft, SpeculativeStrategy
-from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, longest_match
+from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, lookup_draft
 
 
 DRAFT_DIR = "draft"  # the draft model inside a strategy folder
@@ -52,8 +61,21 @@ class DraftModelConfig(StrategyConfig):
                           "scores only those tokens: a cheaper LM head, still lossless (see distilled_draft.py)."},
     )
 
+    mixture_alpha: float | str | None = field(
+        default=None,
+        metadata={"help": "None: outputs follow the target. A weight in [0, 1] or \"auto\": they follow the geometric "
+                          "mixture q* ∝ draft^alpha * target^(1 - alpha) (set it with verify_against="
+                          "GeometricMixture(alpha)); prompt lookup, the cost gate and the draft vocabulary are off "
+                          "then, since q* needs the draft's full distribution at every position."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.mixture_alpha is not None:
+            GeometricMixture(self.mixture_alpha)  # validates it
+            if self.verification == "typical":
+                raise ValueError("verification='typical' cannot be combined with a GeometricMixture: q* is sampled "
+                                 "exactly or not at all. Use verification='auto'.")
         check_lookup_min_ngram(self.lookup_min_ngram)
         if self.lookup_num_tokens < 1:
             raise ValueError(f"lookup_num_tokens must be >= 1, got {self.lookup_num_tokens}.")
@@ -66,23 +88,53 @@ def output_vocab_size(model: PreTrainedModel) -> int:
 
 
 class DraftModelStrategy(SpeculativeStrategy):
-    """Classic speculative decoding (Leviathan et al. 2023; Chen et al. 2023) with any Hugging Face causal LM as draft.
+    """Classic speculative decoding (Leviathan et al. 2023; Chen et al. 2023) with any Hugging Face model as draft.
 
     With sampling the draft samples from its own distribution after the target's logits processors and hands that
     distribution (q) to the lossless verifier. Its cache is cropped to the tokens the target accepted.
+
+    Args:
+        draft_model: a causal LM (or, for an encoder-decoder target, an encoder-decoder) sharing the target's
+            tokenizer, or any causal LM if both tokenizers are given.
+        draft_tokenizer, target_tokenizer: a draft with another tokenizer (universal assisted generation): its
+            drafts are decoded to text and re-encoded as target tokens, verified as point masses. That stays lossless
+            for sampling too: a point-mass draft x is accepted with probability p(x) and otherwise the token is drawn
+            from p with x removed, so each emitted token follows p whatever proposed x.
+        verify_against: `GeometricMixture(alpha)` to sample q* ∝ draft^alpha * target^(1 - alpha) (the draft as a
+            policy, the target as a reference) instead of the target alone; sets `mixture_alpha`.
     """
 
     config_class = DraftModelConfig
 
-    def __init__(self, draft_model: PreTrainedModel, config: DraftModelConfig | None = None, **overrides) -> None:
+    def __init__(self, draft_model: PreTrainedModel, config: DraftModelConfig | None = None, *,
+                 draft_tokenizer=None, target_tokenizer=None, verify_against: GeometricMixture | None = None,
+                 **overrides) -> None:
+        if verify_against is not None:
+            if not isinstance(verify_against, GeometricMixture):
+                raise TypeError("verify_against takes hf_specdec.GeometricMixture(alpha=...), got "
+                                f"{type(verify_against).__name__}.")
+            overrides["mixture_alpha"] = verify_against.alpha
         super().__init__(config, **overrides)
         if not isinstance(draft_model, PreTrainedModel):
             raise TypeError(f"draft_model must be a transformers PreTrainedModel, got {type(draft_model).__name__}.")
+        if (draft_tokenizer is None) != (target_tokenizer is None):
+            raise ValueError("A draft with another tokenizer needs both: DraftModelStrategy(draft, "
+                             "draft_tokenizer=..., target_tokenizer=...).")
         self.draft_model = draft_model.eval()
-        self._cache: DynamicCache | None = None
+        self.bridge = None if draft_tokenizer is None else TokenizerBridge(target_tokenizer, draft_tokenizer)
+        alpha = self.config.mixture_alpha
+        self.mixture = None if alpha is None else GeometricMixture(alpha)
+        if self.mixture is not None and self.bridge is not None:
+            raise ValueError("verify_against=GeometricMixture needs the draft's and the target's distributions over "
+                             "one vocabulary; a draft with another tokenizer has its own. Use a draft that shares "
+                             "the target's tokenizer.")
+        self._cache: DynamicCache | EncoderDecoderCache | None = None
+        self._encoder_kwargs: dict = {}  # an encoder-decoder draft's own encoder output, computed once per call
         self._vocab: torch.LongTensor | None = None  # the draft vocabulary in use this call, see `begin`
         self._vocab_head_key: tuple | None = None  # which LM head and vocabulary `_vocab_head_t` was sliced from
         self._cached_tokens: list[int] = []  # the tokens whose keys/values the draft cache holds
+        self._alphas: torch.Tensor | None = None  # alpha* of the latest verified positions (mixture)
+        self._alpha_total, self._alpha_count = 0.0, 0
         # Starts optimistic (a whole draft accepted), so a good draft drafts from the first step; a useless one is
         # found out in a few steps and then only probed, ever more rarely.
         self.gate = DraftGate(prior_accepted=float(self.config.num_speculative_tokens), max_probe_every=64)
@@ -120,54 +172,118 @@ class DraftModelStrategy(SpeculativeStrategy):
 
     def begin(self, target, input_ids, generation_config, logits_processor) -> None:
         super().begin(target, input_ids, generation_config, logits_processor)
-        target_vocab, draft_vocab = output_vocab_size(target), output_vocab_size(self.draft_model)
-        if target_vocab != draft_vocab:
-            raise ValueError(
-                f"Draft vocabulary ({draft_vocab}) differs from the target's ({target_vocab}). DraftModelStrategy needs "
-                "a draft that shares the target's tokenizer; pick such a draft (e.g. a smaller model of the same family)."
-            )
-        self._cache = DynamicCache(config=self.draft_model.config)
-        self._cached_tokens = []
-        self._vocab = carried_draft_vocab(self.draft_model) if self.config.use_draft_vocab else None
+        self._check_pair(target)
+        draft = self.draft_model
+        self._cached_tokens, self._encoder_kwargs = [], {}
+        self._alpha_total, self._alpha_count = 0.0, 0
+        if self.bridge is not None:
+            self.bridge.reset()
+        if draft.config.is_encoder_decoder:
+            self._cache = EncoderDecoderCache(DynamicCache(config=draft.config), DynamicCache(config=draft.config))
+            self._encoder_kwargs = self._run_draft_encoder()
+        else:
+            self._cache = DynamicCache(config=draft.config)
+        use_vocab = self.config.use_draft_vocab and self.mixture is None  # q* needs the draft's full distribution
+        self._vocab = carried_draft_vocab(draft) if use_vocab else None
         if self._vocab is not None:
-            self._vocab_size = draft_vocab
-            weight = self.draft_model.get_output_embeddings().weight  # [V, H]
+            self._vocab_size = output_vocab_size(draft)
+            weight = draft.get_output_embeddings().weight  # [V, H]
             key = (weight.data_ptr(), weight._version, self._vocab.data_ptr())
             if self._vocab_head_key != key:  # sliced once, again only if the head or the vocabulary changed
                 self._vocab_head_t = weight.detach()[self._vocab].t().contiguous()  # [H, V']: x @ W^T, M = 1
                 self._vocab_head_key = key
 
+    def _check_pair(self, target: PreTrainedModel) -> None:
+        """Refuses a draft that cannot draft for `target`, naming the fix."""
+        draft = self.draft_model
+        if target.config.is_encoder_decoder != draft.config.is_encoder_decoder:
+            kind = "an encoder-decoder" if target.config.is_encoder_decoder else "a decoder-only"
+            raise ValueError(f"The target is {kind} model, the draft is not: DraftModelStrategy needs a draft of the "
+                             "same kind (e.g. a smaller model of the target's family).")
+        if self.bridge is not None:
+            if target.config.is_encoder_decoder:
+                raise ValueError("Drafts with another tokenizer are supported for decoder-only targets; for an "
+                                 "encoder-decoder, use a draft that shares the target's tokenizer.")
+            return
+        target_vocab, draft_vocab = output_vocab_size(target), output_vocab_size(draft)
+        if target_vocab != draft_vocab:
+            raise ValueError(
+                f"Draft vocabulary ({draft_vocab}) differs from the target's ({target_vocab}). Pass both tokenizers "
+                "(DraftModelStrategy(draft, draft_tokenizer=..., target_tokenizer=...): drafts are re-tokenised), or "
+                "pick a draft that shares the target's tokenizer (e.g. a smaller model of the same family).")
+
+    @torch.no_grad()
+    def _run_draft_encoder(self) -> dict:
+        """The draft's encoder over what the target's encoder read, once per call."""
+        if self.encoder_inputs is None:
+            raise ValueError("An encoder-decoder draft needs the target's encoder inputs; call generate with them.")
+        device = self.draft_model.device
+        inputs = {key: value.to(device) for key, value in self.encoder_inputs.items()}
+        encoder_outputs = self.draft_model.get_encoder()(**inputs)
+        return {"encoder_outputs": encoder_outputs, "attention_mask": inputs.get("attention_mask")}
+
     def end(self) -> None:
-        self._cache, self._cached_tokens = None, []
+        self._cache, self._cached_tokens, self._encoder_kwargs = None, [], {}
 
     def draft_budget(self) -> int:
         k = self.schedule.next_k()
-        return max(k, self.config.lookup_num_tokens) if self.config.lookup_min_ngram else k
+        return max(k, self.config.lookup_num_tokens) if self.config.lookup_min_ngram and not self.mixture else k
+
+    @property
+    def drafts_every_position(self) -> bool:
+        return self.mixture is not None
 
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        if self.mixture is not None:  # q*: the draft's distribution at every position, no lookup, no gate
+            return self._draft(input_ids, max_tokens, bonus=True)
         if self.config.lookup_min_ngram:
-            match = longest_match(input_ids[0], LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram)
-            if match is not None:
-                size, start, consistent = match
+            found = lookup_draft(self, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram,
+                                 min(max_tokens, self.config.lookup_num_tokens))
+            if found is not None:
+                tokens, size, consistent = found
                 bucket = 1 + 2 * size + consistent  # learnt apart from the model's drafts, as NGramStrategy does
                 if not self.config.skip_unprofitable_drafts or self.gate.should_draft(bucket):
-                    return Draft(input_ids[0, start : start + min(max_tokens, self.config.lookup_num_tokens)],
-                                 bucket=bucket)
+                    return Draft(tokens, bucket=bucket)
         max_tokens = min(max_tokens, self.schedule.next_k())
         if self.config.skip_unprofitable_drafts and not self.gate.should_draft(MODEL_BUCKET,
                                                                                self._drafting_cost(max_tokens)):
             return Draft(input_ids.new_empty(0), bucket=MODEL_BUCKET)
         start = time.perf_counter()
-        draft = self._draft(input_ids, max_tokens)
+        draft = self._draft_other_tokens(input_ids, max_tokens) if self.bridge else self._draft(input_ids, max_tokens)
         if draft.tokens.numel():
             seconds = (time.perf_counter() - start) / draft.tokens.numel()
             self._draft_token_seconds = ema(self._draft_token_seconds, seconds, self.gate.ema_alpha)
         draft.bucket = MODEL_BUCKET
         return draft
 
+    def verification_scores(self, target_scores: torch.Tensor, draft: Draft) -> torch.Tensor:
+        """With a GeometricMixture: log q* `[k + 1, V]` from the target's scores and the draft's k + 1 distributions
+        (both after the same logits processors); otherwise the target's scores."""
+        if self.mixture is None:
+            return target_scores
+        if draft.probs is None or draft.probs.shape != target_scores.shape:
+            raise RuntimeError("The mixture needs the draft's distribution at every verified position.")
+        log_q, self._alphas = self.mixture.log_probs(draft.probs.log(), target_scores.log_softmax(dim=-1))
+        return log_q
+
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
         super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
         observe_gate(self.gate, draft, num_accepted, forward_seconds)
+        if self._alphas is not None:  # alpha* at the positions whose token was emitted
+            emitted = self._alphas[: target_scores.shape[0]]
+            self._alpha_total += float(emitted.sum())
+            self._alpha_count += emitted.numel()
+            self._alphas = None
+
+    def finish_stats(self, stats) -> None:
+        if self._alpha_count:
+            stats.mean_alpha = self._alpha_total / self._alpha_count
+
+    def get_candidates(self, input_ids: torch.LongTensor, **kwargs):
+        candidate_ids, candidate_logits = super().get_candidates(input_ids, **kwargs)
+        if candidate_logits is not None:  # a mixture draft carries one more (bonus) row than it drafted
+            candidate_logits = candidate_logits[:, : candidate_ids.shape[1] - input_ids.shape[1]]
+        return candidate_ids, candidate_logits
 
     def _drafting_cost(self, num_tokens: int) -> float:
         """What drafting `num_tokens` costs, in one-token target forwards (0 until both are measured)."""
@@ -177,30 +293,50 @@ class DraftModelStrategy(SpeculativeStrategy):
         return num_tokens * self._draft_token_seconds / single
 
     @torch.no_grad()
-    def _draft(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+    def _draft(self, input_ids: torch.LongTensor, max_tokens: int, bonus: bool = False) -> Draft:
+        """Drafts up to `max_tokens` tokens. bonus: also the distribution after the last drafted one (probs
+        `[k + 1, V]`, always returned: the mixture needs it even when greedy)."""
         do_sample = bool(self.generation_config.do_sample)
         # Greedy with no logits processors and no entropy stop: the argmax of the raw logits is the draft.
-        argmax_only = not do_sample and not self.logits_processor and not self.schedule.needs_entropy
+        argmax_only = not (do_sample or bonus or self.logits_processor or self.schedule.needs_entropy)
         sequence = input_ids.to(self.draft_model.device)  # [1, n]
         pending = self._sync_cache(sequence[0].tolist())  # [1, m] tokens the draft has not seen yet
         drafted, probs = [], []
-        for _ in range(max_tokens):
+        for step in range(max_tokens + bonus):
             logits = self._forward(pending)  # [1, V]
             if argmax_only:
                 token = logits.argmax(-1)  # [1]
             else:
                 distribution = self.logits_processor(sequence, logits).softmax(dim=-1)[0]  # [V]
-                if self.schedule.stop_on_entropy(float(_entropy(distribution))):
+                if step == max_tokens or self.schedule.stop_on_entropy(float(_entropy(distribution))):
+                    probs.extend([distribution] if bonus else [])
                     break
                 token = torch.multinomial(distribution, 1) if do_sample else distribution.argmax().view(1)  # [1]
                 probs.append(distribution)
                 sequence = torch.cat([sequence, token[None]], dim=-1)
             drafted.append(token)
             pending = token[None]
-        if not drafted:
+        tokens = torch.cat(drafted).to(input_ids.device) if drafted else input_ids.new_empty(0)  # [k]
+        return Draft(tokens, torch.stack(probs).to(input_ids.device) if (do_sample or bonus) and probs else None)
+
+    @torch.no_grad()
+    def _draft_other_tokens(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        """A draft with its own tokenizer: drafts in its tokens (argmax, or a draw from its raw distribution when
+        sampling), re-tokenised into at most `max_tokens` target tokens (a point-mass draft: no probs)."""
+        target_ids = input_ids[0].tolist()
+        context = self.bridge.to_draft(target_ids)
+        if not context:
             return Draft(input_ids.new_empty(0))
-        tokens = torch.cat(drafted).to(input_ids.device)  # [k]
-        return Draft(tokens, torch.stack(probs).to(input_ids.device) if do_sample else None)
+        do_sample = bool(self.generation_config.do_sample)
+        pending = self._sync_cache(context)
+        drafted: list[int] = []
+        for _ in range(max_tokens):
+            logits = self._forward(pending)  # [1, V_draft]
+            token = torch.multinomial(logits.softmax(-1), 1)[0] if do_sample else logits.argmax(-1)  # [1]
+            drafted.append(int(token))
+            pending = token[None]
+        tokens = self.bridge.to_target(target_ids, context, drafted)[:max_tokens]
+        return Draft(torch.tensor(tokens, dtype=torch.long, device=input_ids.device))
 
     def _sync_cache(self, tokens: list[int]) -> torch.LongTensor:
         """Crops the draft cache to its longest prefix shared with `tokens` (keeping at least one token to feed) and
@@ -217,13 +353,19 @@ class DraftModelStrategy(SpeculativeStrategy):
 
     def _forward(self, tokens: torch.LongTensor) -> torch.Tensor:
         """The draft's logits `[1, V]` for the token after `tokens`, which it appends to its cache."""
-        past = len(self._cached_tokens)
-        position_ids = torch.arange(past, past + tokens.shape[1], device=tokens.device)[None]
-        inputs = {"input_ids": tokens, CACHE_KWARG: self._cache, "position_ids": position_ids, "use_cache": True}
+        draft = self.draft_model
+        inputs = {CACHE_KWARG: self._cache, "use_cache": True}
+        if draft.config.is_encoder_decoder:  # positions come from the cache; the encoder output is re-read
+            inputs.update(decoder_input_ids=tokens, **self._encoder_kwargs)
+        else:
+            past = len(self._cached_tokens)
+            inputs.update(input_ids=tokens, position_ids=torch.arange(past, past + tokens.shape[1],
+                                                                      device=tokens.device)[None])
         self._cached_tokens.extend(tokens[0].tolist())
         if self._vocab is None:
-            return self.draft_model(**inputs, logits_to_keep=1).logits[:, -1].float()
-        hidden = self.draft_model.get_decoder()(**inputs).last_hidden_state[:, -1]  # [1, H]
+            keep = {"logits_to_keep": 1} if accepts_logits_to_keep(draft) else {}
+            return draft(**inputs, **keep).logits[:, -1].float()
+        hidden = draft.get_decoder()(**inputs).last_hidden_state[:, -1]  # [1, H]
         logits = hidden.new_full((1, self._vocab_size), float("-inf"))
         return logits.index_copy_(1, self._vocab, hidden @ self._vocab_head_t).float()  # [1, V]: -inf off the vocab
 

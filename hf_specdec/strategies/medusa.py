@@ -17,8 +17,7 @@ import torch
 from ..config import StrategyConfig, register_config
 from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..medusa_heads import MedusaHeads
-from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, build_tree, chain_tree
-from ..tree_decoding import TreeDraft
+from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, TreeDraft, build_tree, chain_tree
 from .base import Draft, SpeculativeStrategy
 from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, longest_match
 
@@ -89,6 +88,7 @@ class MedusaStrategy(SpeculativeStrategy):
 
     config_class = MedusaConfig
     needs_hidden_states = True
+    supports_encoder_decoder = False  # heads read a decoder-only target's last hidden state
 
     def __init__(self, heads: MedusaHeads, config: MedusaConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)

@@ -98,6 +98,8 @@ class NASDStrategy(SpeculativeStrategy):
         super().begin(target, input_ids, generation_config, logits_processor)
         if self.config.reset_between_calls:
             self.store = NGramStore(self.config.ngram_size, self.config.storage)
+        if self.source_ids is not None:  # an encoder-decoder's source: its n-grams are drafts too
+            self.store.add_sequence(self.source_ids.tolist())
         self.store.add_sequence(input_ids[0].tolist())
         self._indexed = input_ids.shape[1]
 

@@ -73,6 +73,23 @@ def longest_match(tokens: torch.LongTensor, max_ngram_size: int, min_ngram_size:
     return None
 
 
+def lookup_draft(strategy: SpeculativeStrategy, input_ids: torch.LongTensor, max_ngram_size: int, min_ngram_size: int,
+                 max_tokens: int) -> tuple[torch.LongTensor, int, bool] | None:
+    """Prompt lookup over `strategy.lookup_tokens` (an encoder-decoder's source ids, then the output so far): the
+    draft `[<= max_tokens]`, the matched n-gram's size and whether the match is consistent; None without a match.
+    A draft copied from the source stops at the source's end."""
+    tokens = strategy.lookup_tokens(input_ids)
+    match = longest_match(tokens, max_ngram_size, min_ngram_size)
+    if match is None:
+        return None
+    size, start, consistent = match
+    end = start + max_tokens
+    source_length = 0 if strategy.source_ids is None else strategy.source_ids.numel()
+    if start < source_length:
+        end = min(end, source_length)
+    return tokens[start:end], size, consistent
+
+
 # Prompt lookup in front of another drafter (MedusaStrategy, DraftModelStrategy): the longest suffix tried first.
 LOOKUP_MAX_NGRAM = NGramConfig.max_ngram_size  # its default, 4
 
@@ -96,15 +113,14 @@ class NGramStrategy(SpeculativeStrategy):
         self.gate = DraftGate()
 
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        tokens = input_ids[0]
-        match = longest_match(tokens, self.config.max_ngram_size, self.config.min_ngram_size)
-        if match is None:
-            return Draft(tokens.new_empty(0))
-        size, start, consistent = match
+        found = lookup_draft(self, input_ids, self.config.max_ngram_size, self.config.min_ngram_size, max_tokens)
+        if found is None:
+            return Draft(input_ids.new_empty(0))
+        tokens, size, consistent = found
         bucket = 2 * size + consistent  # the gate learns per (match length, consistency)
         if self.config.skip_unprofitable_drafts and not self.gate.should_draft(bucket):
-            return Draft(tokens.new_empty(0), bucket=bucket)
-        return Draft(tokens[start : start + max_tokens], bucket=bucket)
+            return Draft(input_ids.new_empty(0), bucket=bucket)
+        return Draft(tokens, bucket=bucket)
 
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
         super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)

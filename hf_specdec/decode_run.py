@@ -1,0 +1,147 @@
+"""What one `generate` call's decoding loop carries from step to step, and the verbs every step shares: a target
+forward, emitting tokens through the stopping criteria, counting the step. The chain step (`decoding.py`) and the
+tree step (`tree_decoding.py`) both use it, so neither imports the other.
+
+Encoder-decoder targets (T5, BART, Whisper, ...): generate has already run the encoder once; every forward here is a
+decoder forward that re-reads the same `encoder_outputs` (and the encoder's attention mask), and the cache's
+self-attention part is what rollback crops (`EncoderDecoderCache.crop`), the cross-attention part stays.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers.cache_utils import Cache
+from transformers.generation.streamers import BaseStreamer
+from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
+
+from .compat import CACHE_KWARG
+from .stats import GenerationStats, StepEvent
+
+if TYPE_CHECKING:
+    from .strategies.base import SpeculativeStrategy
+
+ENCODER_KWARGS = ("encoder_outputs", "attention_mask")  # what every decoder forward of an encoder-decoder re-reads
+
+
+@dataclass
+class DecodeRun:
+    """The state of one speculative `generate` call (batch size 1)."""
+
+    model: PreTrainedModel
+    strategy: "SpeculativeStrategy"
+    cache: Cache
+    logits_processor: LogitsProcessorList
+    stopping_criteria: StoppingCriteriaList
+    generation_config: GenerationConfig
+    streamer: BaseStreamer | None = None
+    encoder_kwargs: dict = field(default_factory=dict)  # encoder-decoder targets: see ENCODER_KWARGS
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    record: OutputRecord | None = None
+
+    def __post_init__(self) -> None:
+        self.stats.lossless = self.strategy.lossless
+        if self.record is None:
+            self.record = OutputRecord(self.generation_config)
+
+    @property
+    def do_sample(self) -> bool:
+        return bool(self.generation_config.do_sample)
+
+    def forward(self, tokens: torch.LongTensor, past_length: int, **forward_kwargs,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One target forward of `tokens` (`[1, L]`) on top of a cache holding `past_length` tokens.
+
+        Returns float32 logits `[L, V]` and, when the strategy asks for them, the last layer's hidden states
+        `[L, H]` (the states the LM head read, which Medusa-style heads draft from).
+        """
+        model, length = self.model, tokens.shape[1]
+        hidden_wanted = self.strategy.needs_hidden_states
+        if model.config.is_encoder_decoder:  # decoder positions come from the cache's length
+            inputs = {"decoder_input_ids": tokens, **self.encoder_kwargs}
+        else:
+            forward_kwargs.setdefault("position_ids", torch.arange(past_length, past_length + length,
+                                                                   device=tokens.device)[None])
+            inputs = {"input_ids": tokens}
+        if accepts_logits_to_keep(model):
+            forward_kwargs["logits_to_keep"] = length
+        outputs = model(**inputs, **{CACHE_KWARG: self.cache}, use_cache=True, output_hidden_states=hidden_wanted,
+                        **forward_kwargs)
+        hidden = last_hidden_states(model, outputs)[0, -length:] if hidden_wanted else None
+        return outputs.logits[0, -length:].float(), hidden
+
+    def emit(self, input_ids: torch.LongTensor, tokens: list[int]) -> tuple[torch.LongTensor, bool]:
+        """Appends `tokens` one at a time, stopping at the first one a stopping criterion fires on (as plain
+        `generate` would, so EOS or a stop string inside an accepted draft ends the output exactly there)."""
+        full = torch.cat([input_ids, torch.tensor([tokens], dtype=input_ids.dtype, device=input_ids.device)], dim=-1)
+        length, finished = input_ids.shape[1], False
+        for length in range(input_ids.shape[1] + 1, full.shape[1] + 1):
+            if bool(self.stopping_criteria(full[:, :length], None).any()):
+                finished = True
+                break
+        self.stats.new_tokens += length - input_ids.shape[1]
+        if self.streamer is not None:
+            self.streamer.put(full[:, input_ids.shape[1]:length].cpu())
+        return full[:, :length], finished
+
+    def count_step(self, num_drafted: int, num_accepted: int, num_emitted: int, draft_seconds: float,
+                   verify_seconds: float) -> None:
+        stats = self.stats
+        stats.target_forwards += 1
+        stats.verify_steps += 1
+        stats.drafting_steps += num_drafted > 0
+        stats.drafted += num_drafted
+        stats.accepted += num_accepted
+        stats.accepted_lengths.append(num_emitted)
+        stats.draft_time += draft_seconds
+        stats.verify_time += verify_seconds
+
+    def notify(self, drafted: list[int], num_accepted: int, emitted: list[int]) -> None:
+        event = StepEvent(tuple(drafted), num_accepted, tuple(emitted))
+        for listener in self.strategy.step_listeners:
+            listener(event)
+
+
+def last_hidden_states(model: PreTrainedModel, outputs) -> torch.Tensor:
+    """The last (decoder) layer's hidden states `[1, L, H]` of a forward run with `output_hidden_states=True`."""
+    states = outputs.decoder_hidden_states if model.config.is_encoder_decoder else outputs.hidden_states
+    return states[-1]
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def accepts_logits_to_keep(model: PreTrainedModel) -> bool:
+    cls = type(model)
+    if cls not in _LOGITS_TO_KEEP:
+        _LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _LOGITS_TO_KEEP[cls]
+
+
+class OutputRecord:
+    """Collects per-token scores/logits when `return_dict_in_generate` asks for them."""
+
+    def __init__(self, generation_config: GenerationConfig) -> None:
+        self.as_dict = bool(generation_config.return_dict_in_generate)
+        self.scores = [] if self.as_dict and generation_config.output_scores else None
+        self.logits = [] if self.as_dict and generation_config.output_logits else None
+
+    def add(self, scores: torch.Tensor, logits: torch.Tensor) -> None:
+        """scores, logits: `[m, V]` for m emitted tokens."""
+        if self.scores is not None:
+            self.scores.extend(row[None] for row in scores)
+        if self.logits is not None:
+            self.logits.extend(row[None] for row in logits)
+
+    def output(self, input_ids: torch.LongTensor, cache: Cache, encoder_outputs=None):
+        if not self.as_dict:
+            return input_ids
+        fields = {"sequences": input_ids, "scores": None if self.scores is None else tuple(self.scores),
+                  "logits": None if self.logits is None else tuple(self.logits), CACHE_KWARG: cache}
+        if encoder_outputs is None:
+            return GenerateDecoderOnlyOutput(**fields)
+        return GenerateEncoderDecoderOutput(**fields)
