@@ -10,7 +10,7 @@ from collections import defaultdict
 
 def run_once(model, input_ids, max_new_tokens: int, kwargs: dict) -> dict:
     start = time.perf_counter()
-    output = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
+    output = model.generate(input_ids, max_new_tokens=max_new_tokens, **{"do_sample": False, **kwargs})
     seconds = time.perf_counter() - start
     stats = getattr(kwargs.get("assistant_model"), "last_stats", None)  # a draft model (Transformers' own) has none
     return {
@@ -20,6 +20,7 @@ def run_once(model, input_ids, max_new_tokens: int, kwargs: dict) -> dict:
         "drafted": stats.drafted if stats else None,
         "accepted": stats.accepted if stats else None,
         "accepted_lengths": stats.accepted_lengths if stats else None,
+        "mean_alpha": stats.mean_alpha if stats else None,
     }
 
 

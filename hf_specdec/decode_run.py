@@ -10,6 +10,8 @@ self-attention part is what rollback crops (`EncoderDecoderCache.crop`), the cro
 from __future__ import annotations
 
 import inspect
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,10 +22,15 @@ from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
 from .compat import CACHE_KWARG
+from .config import StrategyConfig
 from .stats import GenerationStats, StepEvent
+from .verify import greedy_verify, speculative_sampling_verify, typical_acceptance_verify
 
 if TYPE_CHECKING:
     from .strategies.base import SpeculativeStrategy
+
+# (draft_tokens [k], target_scores [k + 1, V], draft_probs [k, V] | None) -> (num_accepted, next_token)
+Verifier = Callable[[torch.LongTensor, torch.Tensor, "torch.Tensor | None"], "tuple[int, int]"]
 
 ENCODER_KWARGS = ("encoder_outputs", "attention_mask")  # what every decoder forward of an encoder-decoder re-reads
 
@@ -104,6 +111,51 @@ class DecodeRun:
         event = StepEvent(tuple(drafted), num_accepted, tuple(emitted))
         for listener in self.strategy.step_listeners:
             listener(event)
+
+
+def process_scores(logits_processor: LogitsProcessorList, input_ids: torch.LongTensor,
+                   draft_tokens: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
+    """Applies the logits processors at every verified position, each with the prefix it would see in plain
+    decoding (so repetition penalties, min-length and the like act exactly as in `generate`).
+
+    input_ids: `[1, n]`; draft_tokens: `[k]`; logits: `[k + 1, V]` -> scores `[k + 1, V]`.
+    """
+    if len(logits_processor) == 0:
+        return logits.clone()
+    full = torch.cat([input_ids, draft_tokens[None]], dim=-1)  # [1, n + k]
+    n = input_ids.shape[1]
+    rows = [logits_processor(full[:, : n + i], logits[i : i + 1].clone()) for i in range(logits.shape[0])]
+    return torch.cat(rows, dim=0)
+
+
+def select_token(scores: torch.Tensor, do_sample: bool) -> int:
+    """Plain decoding's choice from processed scores `[V]`: argmax, or a draw from softmax."""
+    if do_sample:
+        return int(torch.multinomial(scores.softmax(dim=-1), 1))
+    return int(scores.argmax())
+
+
+def make_verifier(config: StrategyConfig, generation_config: GenerationConfig) -> Verifier:
+    do_sample = bool(generation_config.do_sample)
+    if config.verification == "typical":
+        warnings.warn(
+            "hf_specdec: verification='typical' is LOSSY: outputs will not follow the target's distribution. "
+            "Use verification='auto' for lossless decoding.",
+            stacklevel=4,
+        )
+
+        def typical(draft_tokens, scores, draft_probs):
+            return typical_acceptance_verify(draft_tokens, scores.softmax(dim=-1), config.typical_posterior_threshold,
+                                             config.typical_posterior_alpha, do_sample=do_sample)
+
+        return typical
+    if config.verification == "greedy" and do_sample:
+        raise ValueError("verification='greedy' only matches plain generate with do_sample=False; use "
+                         "verification='auto' (lossless speculative sampling) when sampling.")
+    if not do_sample:
+        return lambda draft_tokens, scores, draft_probs: greedy_verify(draft_tokens, scores)
+    return lambda draft_tokens, scores, draft_probs: speculative_sampling_verify(
+        draft_tokens, scores.softmax(dim=-1), draft_probs)
 
 
 def last_hidden_states(model: PreTrainedModel, outputs) -> torch.Tensor:

@@ -13,8 +13,6 @@ except the last one.
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Callable
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
@@ -22,15 +20,14 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingW
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .batch_decoding import batched_decode
 from .compat import CACHE_KWARG
-from .config import StrategyConfig
-from .decode_run import ENCODER_KWARGS, DecodeRun, last_hidden_states
+from .decode_run import (ENCODER_KWARGS, DecodeRun, Verifier, last_hidden_states, make_verifier, process_scores,
+                         select_token)
 from .strategies.base import Draft, SpeculativeStrategy
 from .tree_decoding import tree_step
-from .verify import greedy_verify, speculative_sampling_verify, typical_acceptance_verify
 
-# (draft_tokens [k], target_scores [k + 1, V], draft_probs [k, V] | None) -> (num_accepted, next_token)
-Verifier = Callable[[torch.LongTensor, torch.Tensor, "torch.Tensor | None"], "tuple[int, int]"]
+__all__ = ["check_cache", "check_request", "make_verifier", "process_scores", "select_token", "speculative_decode"]
 
 _ROLLBACK_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
@@ -51,7 +48,7 @@ def speculative_decode(
 
     inputs_tensor: what generate fed the encoder of an encoder-decoder target (its input ids or features), which
     drafters may read (prompt lookup copies from the source; a draft runs its own encoder on it)."""
-    check_request(model, input_ids, generation_config, model_kwargs)
+    check_request(model, input_ids, generation_config, model_kwargs, streamer)
     cache = model_kwargs[CACHE_KWARG]
     check_cache(cache)
     verifier = make_verifier(strategy.config, generation_config)
@@ -60,14 +57,17 @@ def speculative_decode(
     run = DecodeRun(model, strategy, cache, logits_processor, stopping_criteria, generation_config, streamer,
                     encoder_kwargs)
     start = time.perf_counter()
-    strategy.set_encoder_inputs(encoder_inputs(model, inputs_tensor, model_kwargs))
-    strategy.begin(model, input_ids, generation_config, logits_processor)
-    try:
-        input_ids, finished = prefill_step(run, input_ids, model_kwargs)
-        while not finished:
-            input_ids, finished = chain_step(run, input_ids, verifier)
-    finally:
-        strategy.end()
+    if is_batch(model, input_ids, model_kwargs):  # several rows, or padding: see batch_decoding.py
+        input_ids = batched_decode(run, input_ids, model_kwargs)
+    else:
+        strategy.set_encoder_inputs(encoder_inputs(model, inputs_tensor, model_kwargs))
+        strategy.begin(model, input_ids, generation_config, logits_processor)
+        try:
+            input_ids, finished = prefill_step(run, input_ids, model_kwargs)
+            while not finished:
+                input_ids, finished = chain_step(run, input_ids, verifier)
+        finally:
+            strategy.end()
     run.stats.total_time = time.perf_counter() - start
     strategy.finish_stats(run.stats)
     strategy.last_stats = run.stats
@@ -127,6 +127,11 @@ def chain_step(run: DecodeRun, input_ids: torch.LongTensor, verifier: Verifier):
     scores = strategy.verification_scores(scores, draft)
     draft_probs = None if draft.probs is None else draft.probs[: draft_tokens.numel()]
     num_accepted, next_token = verifier(draft_tokens, scores, draft_probs)
+    if num_accepted == draft_tokens.numel() > 0:
+        bonus = strategy.bonus_scores(input_ids, draft_tokens)  # [V] or None: the bonus row was provisional
+        if bonus is not None:
+            scores[-1] = bonus
+            next_token = select_token(bonus, run.do_sample)
     t2 = time.perf_counter()
 
     proposed = draft_tokens[:num_accepted].tolist() + [next_token]
@@ -143,78 +148,49 @@ def chain_step(run: DecodeRun, input_ids: torch.LongTensor, verifier: Verifier):
     return new_input_ids, finished
 
 
-def process_scores(logits_processor: LogitsProcessorList, input_ids: torch.LongTensor,
-                   draft_tokens: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
-    """Applies the logits processors at every verified position, each with the prefix it would see in plain
-    decoding (so repetition penalties, min-length and the like act exactly as in `generate`).
-
-    input_ids: `[1, n]`; draft_tokens: `[k]`; logits: `[k + 1, V]` -> scores `[k + 1, V]`.
-    """
-    if len(logits_processor) == 0:
-        return logits.clone()
-    full = torch.cat([input_ids, draft_tokens[None]], dim=-1)  # [1, n + k]
-    n = input_ids.shape[1]
-    rows = [logits_processor(full[:, : n + i], logits[i : i + 1].clone()) for i in range(logits.shape[0])]
-    return torch.cat(rows, dim=0)
-
-
-def select_token(scores: torch.Tensor, do_sample: bool) -> int:
-    """Plain decoding's choice from processed scores `[V]`: argmax, or a draw from softmax."""
-    if do_sample:
-        return int(torch.multinomial(scores.softmax(dim=-1), 1))
-    return int(scores.argmax())
-
-
-def make_verifier(config: StrategyConfig, generation_config: GenerationConfig) -> Verifier:
-    do_sample = bool(generation_config.do_sample)
-    if config.verification == "typical":
-        warnings.warn(
-            "hf_specdec: verification='typical' is LOSSY: outputs will not follow the target's distribution. "
-            "Use verification='auto' for lossless decoding.",
-            stacklevel=4,
-        )
-
-        def typical(draft_tokens, scores, draft_probs):
-            return typical_acceptance_verify(draft_tokens, scores.softmax(dim=-1), config.typical_posterior_threshold,
-                                             config.typical_posterior_alpha, do_sample=do_sample)
-
-        return typical
-    if config.verification == "greedy" and do_sample:
-        raise ValueError("verification='greedy' only matches plain generate with do_sample=False; use "
-                         "verification='auto' (lossless speculative sampling) when sampling.")
-    if not do_sample:
-        return lambda draft_tokens, scores, draft_probs: greedy_verify(draft_tokens, scores)
-    return lambda draft_tokens, scores, draft_probs: speculative_sampling_verify(
-        draft_tokens, scores.softmax(dim=-1), draft_probs)
-
-
 # ---- input checks: clear errors instead of silently wrong output --------------------------------------------------
+def is_batch(model: PreTrainedModel, input_ids: torch.LongTensor, model_kwargs: dict) -> bool:
+    """Several rows, or padding (generate drops an all-ones mask): the batched engine's work."""
+    return not model.config.is_encoder_decoder and (
+        input_ids.shape[0] > 1 or model_kwargs.get("attention_mask") is not None)
+
+
 def check_request(model: PreTrainedModel, input_ids: torch.LongTensor, generation_config: GenerationConfig,
-                  model_kwargs: dict) -> None:
+                  model_kwargs: dict, streamer: BaseStreamer | None = None) -> None:
     if generation_config.num_beams != 1:
         raise ValueError(f"Speculative decoding replaces greedy/sampling decoding; num_beams={generation_config.num_beams} "
                          "is not supported. Set num_beams=1.")
-    if generation_config.num_return_sequences != 1:
-        raise ValueError(f"num_return_sequences={generation_config.num_return_sequences} is not supported with an "
-                         "hf_specdec strategy; call generate several times (with do_sample=True) instead.")
-    if input_ids.shape[0] != 1:
-        raise ValueError(f"hf_specdec strategies support batch size 1 for now, got {input_ids.shape[0]}. "
-                         "Call generate once per prompt, or use plain generate for batches.")
     if input_ids.shape[1] == 0:
         raise ValueError("hf_specdec strategies need input_ids with at least one token (inputs_embeds alone "
                          "are not supported).")
     if not model_kwargs.get("use_cache", True):
         raise ValueError("Speculative decoding verifies drafts against the KV cache: use_cache=False is not "
                          "supported. Remove use_cache=False.")
-    # An encoder-decoder's attention_mask is its encoder's (any padding there is fine); the decoder's must be absent.
-    mask_key = "decoder_attention_mask" if model.config.is_encoder_decoder else "attention_mask"
-    if model_kwargs.get(mask_key) is not None:
-        raise ValueError(f"The {mask_key} has padding; with batch size 1 pass the prompt without padding "
-                         f"(or drop the {mask_key}).")
     if generation_config.return_dict_in_generate and (generation_config.output_attentions
                                                       or generation_config.output_hidden_states):
         raise ValueError("output_attentions / output_hidden_states are not supported with an hf_specdec strategy; "
                          "output_scores and output_logits are.")
+    if model.config.is_encoder_decoder:
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"hf_specdec supports encoder-decoder targets at batch size 1 for now, got "
+                             f"{input_ids.shape[0]} rows (num_return_sequences counts): call generate once per input.")
+        if model_kwargs.get("decoder_attention_mask") is not None:
+            raise ValueError("A decoder_attention_mask is not supported with an hf_specdec strategy; drop it (the "
+                             "encoder's attention_mask may have padding).")
+    elif is_batch(model, input_ids, model_kwargs):
+        check_batch_request(generation_config, streamer)
+
+
+def check_batch_request(generation_config: GenerationConfig, streamer: BaseStreamer | None) -> None:
+    """What the batched engine does not do (yet)."""
+    if streamer is not None:
+        raise ValueError("Streaming needs a batch of one unpadded prompt (as Transformers' streamers do); drop the "
+                         "streamer or generate one prompt at a time.")
+    if generation_config.return_dict_in_generate and (generation_config.output_scores
+                                                      or generation_config.output_logits):
+        raise ValueError("output_scores / output_logits are supported for one unpadded prompt; rows of a batch "
+                         "accept different numbers of tokens per step, so per-step score tensors do not line up. "
+                         "Generate one prompt at a time to get them.")
 
 
 def check_cache(cache) -> None:

@@ -6,7 +6,8 @@ pi_theta. `solve_alpha` picks, per position, the alpha* at which q* is as far fr
 KL(q* || pi_theta) = KL(q* || pi_t). See docs/mixture.md for the maths and worked cases.
 
 Every function takes float tensors `[..., V]` of normalised log-probabilities, which may hold -inf (tokens with
-probability 0: top-k / top-p logits processors, a draft vocabulary). Work is done in float64; results are float32.
+probability 0: top-k / top-p logits processors, a draft vocabulary). The mixture and alpha* are computed in float32
+(they run at every verified position; the bisection's bracket, 6e-8, is the precision that matters); `kl` in float64.
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ def mixture_log_probs(
     there, consistently).
     """
     _check_pair(log_policy, log_reference)
-    alpha = _alpha_column(alpha, log_policy)  # [..., 1] or [1], float64
-    mixed = _mixture64(log_policy.double(), log_reference.double(), alpha)  # [..., V]
+    alpha = _alpha_column(alpha, log_policy)  # [..., 1] or [1], float32
+    policy, reference = log_policy.float(), log_reference.float()  # [..., V]
+    mixed = _mixture(policy, reference, alpha)  # [..., V]
     empty = torch.isneginf(mixed).all(dim=-1, keepdim=True)  # [..., 1], disjoint supports
-    out = torch.where(empty | (alpha == 0), log_reference.double(), mixed)  # [..., V]
-    return torch.where(alpha == 1, log_policy.double(), out).float()  # [..., V]
+    out = torch.where(empty | (alpha == 0), reference, mixed)  # [..., V]
+    return torch.where(alpha == 1, policy, out)  # [..., V]
 
 
 def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -81,33 +83,35 @@ def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     return _kl64(log_a.double(), log_b.double()).float()
 
 
-def solve_alpha(log_policy: torch.Tensor, log_reference: torch.Tensor, iterations: int = 40) -> torch.Tensor:
+def solve_alpha(log_policy: torch.Tensor, log_reference: torch.Tensor, iterations: int = 24) -> torch.Tensor:
     """alpha* `[...]` (float32) in [0, 1] with KL(q* || pi_theta) = KL(q* || pi_t), by vectorised bisection.
 
-    f(alpha) = KL(q_alpha || pi_theta) - KL(q_alpha || pi_t) is decreasing in alpha (f = -E_q[log pi_theta -
-    log pi_t], whose derivative is minus a variance), so one bisection step halves the bracket of every position at
-    once. Bisection only evaluates 0 < alpha < 1, where q_alpha lives on the intersection of the supports and both
-    KLs are finite. A position where f vanishes at the midpoint (identical inputs: every alpha works) returns 0.5;
-    one where f keeps its sign (pi_theta proportional to pi_t on the common support) ends at the 0 or 1 end;
-    disjoint supports return 0.
+    With d = log pi_theta - log pi_t on the common support, f(alpha) = KL(q_alpha || pi_theta) - KL(q_alpha || pi_t)
+    = -E_{q_alpha}[d], decreasing in alpha (its derivative is -Var_{q_alpha}(d)), so one bisection step halves the
+    bracket of every position at once at the cost of one softmax; 24 steps leave a bracket of 6e-8. Float32 is
+    enough for that and keeps a step over a 49k vocabulary near 0.1 ms per position (the solve runs at every
+    verified position). Identical inputs (f = 0 everywhere) return 0.5; pi_theta proportional to pi_t on the common
+    support (f of one sign) ends at 0 or 1; disjoint supports return 0.
     """
     _check_pair(log_policy, log_reference)
-    policy, reference = log_policy.double(), log_reference.double()  # [..., V]
-    low = torch.zeros(policy.shape[:-1], dtype=torch.float64, device=policy.device)  # [...]
+    policy, reference = log_policy.float(), log_reference.float()  # [..., V]
+    both = torch.isfinite(policy) & torch.isfinite(reference)  # [..., V]
+    disjoint = ~both.any(dim=-1, keepdim=True)  # [..., 1]
+    d = (policy - reference).masked_fill(~both, 0.0)  # [..., V]
+    base = reference.masked_fill(~both, _NEG_INF).masked_fill(disjoint, 0.0)  # [..., V] log pi_t, no all--inf row
+    low = torch.zeros(policy.shape[:-1], dtype=torch.float32, device=policy.device)  # [...]
     high = torch.ones_like(low)  # [...]
     for _ in range(iterations):
         mid = (low + high) / 2  # [...]
-        q = _mixture64(policy, reference, mid.unsqueeze(-1))  # [..., V]
-        gap = _kl64(q, policy) - _kl64(q, reference)  # [...], decreasing in alpha
-        low = torch.where(gap >= 0, mid, low)  # [...]
-        high = torch.where(gap <= 0, mid, high)  # [...], both move when gap == 0: the bracket closes on mid
+        gap = -(torch.softmax(base + mid.unsqueeze(-1) * d, dim=-1) * d).sum(dim=-1)  # [...], decreasing in alpha
+        low = torch.where(gap >= 0, mid, low)
+        high = torch.where(gap <= 0, mid, high)  # both move when gap == 0: the bracket closes on mid
     alpha = (low + high) / 2  # [...]
-    disjoint = ~(torch.isfinite(policy) & torch.isfinite(reference)).any(dim=-1)  # [...]
-    return torch.where(disjoint, torch.zeros_like(alpha), alpha).float()
+    return torch.where(disjoint.squeeze(-1), torch.zeros_like(alpha), alpha)
 
 
-def _mixture64(policy: torch.Tensor, reference: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """log q_alpha `[..., V]` on the common support for 0 < alpha < 1 (float64 in and out); all -inf if disjoint."""
+def _mixture(policy: torch.Tensor, reference: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """log q_alpha `[..., V]` on the common support for 0 < alpha < 1; all -inf if disjoint."""
     both = torch.isfinite(policy) & torch.isfinite(reference)  # [..., V]
     logits = alpha * policy.masked_fill(~both, 0.0) + (1 - alpha) * reference.masked_fill(~both, 0.0)  # [..., V]
     logits = logits.masked_fill(~both, _NEG_INF)  # [..., V], no 0 * -inf anywhere
@@ -126,18 +130,18 @@ def _kl64(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
 
 
 def _alpha_column(alpha: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """alpha as a float64 tensor `[..., 1]` (or `[1]` for a float) that broadcasts against `like` `[..., V]`."""
+    """alpha as a float32 tensor `[..., 1]` (or `[1]` for a float) that broadcasts against `like` `[..., V]`."""
     if not torch.is_tensor(alpha):
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}.")
-        return torch.tensor([float(alpha)], dtype=torch.float64, device=like.device)  # [1]
+        return torch.tensor([float(alpha)], dtype=torch.float32, device=like.device)  # [1]
     try:
         torch.broadcast_shapes(alpha.shape, like.shape[:-1])
     except RuntimeError:
         raise ValueError(
             f"alpha must be a number or a tensor of shape [...] = {list(like.shape[:-1])}, got {list(alpha.shape)}."
         ) from None
-    return alpha.to(device=like.device, dtype=torch.float64).unsqueeze(-1)  # [..., 1]
+    return alpha.to(device=like.device, dtype=torch.float32).unsqueeze(-1)  # [..., 1]
 
 
 def _check_pair(log_a: torch.Tensor, log_b: torch.Tensor) -> None:

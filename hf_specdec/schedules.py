@@ -107,11 +107,14 @@ class DraftGate:
             return max(1.0, self.multi_forward_time / self.single_forward_time)
         return self.prior_cost_ratio
 
-    def pays(self, bucket: int, extra_cost: float = 0.0) -> bool:
-        return self.expected_accepted.get(bucket, self.prior_accepted) > self.cost_ratio - 1.0 + extra_cost
+    def pays(self, bucket: int, extra_cost: float = 0.0, token_value: float = 1.0) -> bool:
+        """token_value: what one accepted token saves, in single target forwards (1: a plain decoding step; more
+        when the step drafting replaces does more, e.g. also scores the position with a policy model)."""
+        expected = self.expected_accepted.get(bucket, self.prior_accepted)
+        return expected * token_value > self.cost_ratio - 1.0 + extra_cost
 
-    def should_draft(self, bucket: int, extra_cost: float = 0.0) -> bool:
-        if self.pays(bucket, extra_cost):
+    def should_draft(self, bucket: int, extra_cost: float = 0.0, token_value: float = 1.0) -> bool:
+        if self.pays(bucket, extra_cost, token_value):
             self.probe_interval.pop(bucket, None)
             return True
         self.skips[bucket] = self.skips.get(bucket, 0) + 1

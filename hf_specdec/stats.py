@@ -40,6 +40,7 @@ class GenerationStats:
     total_time: float = 0.0
     accepted_lengths: list[int] = field(default_factory=list)  # tokens emitted per verify step
     mean_alpha: float | None = None  # GeometricMixture: mean alpha* (the draft's weight) over the emitted tokens
+    rows: list[GenerationStats] | None = None  # a batch: each row's own figures (these fields are their totals)
 
     @property
     def acceptance_rate(self) -> float:

@@ -3,11 +3,9 @@ verified as point masses, so greedy equals plain `generate` and sampling follows
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
-from test_sampling import homogeneity_pvalue
+from test_sampling import homogeneity_pvalue, sample_pairs
 from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
@@ -105,19 +103,6 @@ def test_refusals_name_the_fix(target):
                                       verify_against=hf_specdec.GeometricMixture())
 
 
-SAMPLES = 1200
-
-
-def sample_pairs(model, ids, strategy=None, seed=0) -> Counter:
-    torch.manual_seed(seed)
-    pairs = Counter()
-    for _ in range(SAMPLES):
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=True, top_k=0,
-                             assistant_model=strategy)
-        pairs[tuple(out[0, -3:-1].tolist())] += 1  # (1st new token, 1st verified token)
-    return pairs
-
-
 @pytest.mark.parametrize("draft_kind", ["twin", "bytes"])
 def test_sampling_matches_plain(draft_kind):
     target = char_model(seed=7, logit_scale=12.0)  # peaked, so 1,200 samples cover its pairs
@@ -127,7 +112,7 @@ def test_sampling_matches_plain(draft_kind):
     else:
         draft, draft_tok = byte_draft(), byte_tokenizer()
     strategy = cross_strategy(draft, draft_tok, char_tokenizer(), num_speculative_tokens=2)
-    plain = sample_pairs(target, ids, seed=1)
-    ours = sample_pairs(target, ids, strategy, seed=2)
+    plain = sample_pairs(target, seed=1, prompt=ids)
+    ours = sample_pairs(target, strategy, seed=2, prompt=ids)
     assert strategy.last_stats.drafted > 0
     assert homogeneity_pvalue(plain, ours) > 1e-3

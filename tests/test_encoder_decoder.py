@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import VOCAB, draft_strategy, repetitive_prompt
-from test_sampling import homogeneity_pvalue
+from test_sampling import homogeneity_pvalue, sample_pairs
 
 import hf_specdec
 from hf_specdec.tiny_models import tiny_random_seq2seq
@@ -118,7 +118,7 @@ def test_refusals_name_the_fix(family_target):
 
 
 # ---- sampling: the first two new decoder tokens follow plain sampling ---------------------------------------------
-SMALL_VOCAB, SAMPLES = 8, 1200
+SMALL_VOCAB = 8
 SOURCE = torch.arange(2, SMALL_VOCAB).repeat(2)[None]
 
 
@@ -127,23 +127,23 @@ def small_model(family: str, layers: int, seed: int, init_scale: float):
                                init_scale=init_scale)
 
 
-def sample_pairs(model, strategy=None, seed=0):
-    from collections import Counter
-
-    torch.manual_seed(seed)
-    pairs = Counter()
-    for _ in range(SAMPLES):
-        out = model.generate(SOURCE, max_new_tokens=3, do_sample=True, top_k=0, assistant_model=strategy)
-        pairs[tuple(out[0, -3:-1].tolist())] += 1  # (1st new token, 1st verified token)
-    return pairs
-
-
 @pytest.mark.parametrize("family, init_scale", [("t5", 0.15), ("bart", 1.0)])
 @pytest.mark.parametrize("name", ["ngram", "draft_model"])
 def test_sampling_matches_plain(family, init_scale, name):
     target = small_model(family, 1, 3, init_scale)
     strategy = (hf_specdec.NGramStrategy(num_speculative_tokens=2, skip_unprofitable_drafts=False) if name == "ngram"
                 else draft_strategy(small_model(family, 1, 4, init_scale * 2), num_speculative_tokens=2))
-    plain = sample_pairs(target, seed=1)
-    ours = sample_pairs(target, strategy, seed=2)
+    plain = sample_pairs(target, seed=1, prompt=SOURCE)
+    ours = sample_pairs(target, strategy, seed=2, prompt=SOURCE)
     assert homogeneity_pvalue(plain, ours) > 1e-3
+
+
+def test_strategy_with_an_encoder_decoder_draft_saves_and_loads(family_target, tmp_path):
+    family, target = family_target
+    strategy = draft_strategy(draft_model(family))
+    strategy.save_pretrained(tmp_path / "s", target=target)
+    loaded = hf_specdec.AutoStrategy.from_pretrained(tmp_path / "s")
+    assert loaded.draft_model.config.is_encoder_decoder
+    source = repetitive_prompt(4)
+    ours = target.generate(source, max_new_tokens=12, do_sample=False, assistant_model=loaded)
+    assert torch.equal(ours, target.generate(source, max_new_tokens=12, do_sample=False))

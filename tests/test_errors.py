@@ -22,7 +22,6 @@ def test_vocab_mismatch(tiny_llama):
     ("kwargs", "message"),
     [
         (dict(use_cache=False), "use_cache=False"),
-        (dict(num_return_sequences=2, do_sample=True), "num_return_sequences"),
         (dict(num_beams=2), "num_beams"),
         (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
         (dict(cache_implementation="static"), "DynamicCache"),
@@ -35,10 +34,16 @@ def test_unsupported_generate_settings(tiny_llama, kwargs, message):
                             **kwargs)
 
 
-def test_batch_size_above_one(tiny_llama):
+def test_what_batches_do_not_do_yet_is_refused(tiny_llama):
     prompts = torch.cat([repetitive_prompt(0), repetitive_prompt(1)])
-    with pytest.raises(ValueError, match="batch size 1"):
-        tiny_llama.generate(prompts, max_new_tokens=5, assistant_model=hf_specdec.NGramStrategy())
+    with pytest.raises(ValueError, match="output_scores"):
+        tiny_llama.generate(prompts, max_new_tokens=5, return_dict_in_generate=True, output_scores=True,
+                            assistant_model=hf_specdec.NGramStrategy())
+    right_padded = torch.ones_like(prompts)
+    right_padded[1, -3:] = 0
+    with pytest.raises(ValueError, match="padding_side = 'left'"):
+        tiny_llama.generate(prompts, attention_mask=right_padded, max_new_tokens=5,
+                            assistant_model=hf_specdec.NGramStrategy())
 
 
 def test_static_cache_object(tiny_llama):

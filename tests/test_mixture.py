@@ -26,10 +26,12 @@ def mixture_strategy(policy, alpha="auto", **settings):
     return draft_strategy(policy, verify_against=hf_specdec.GeometricMixture(alpha), **settings)
 
 
-@pytest.mark.parametrize("alpha", ["auto", 0.3, 0.8])
-def test_greedy_equals_the_reference_sampler(pair, alpha):
+@pytest.mark.parametrize("alpha, gated", [("auto", False), (0.3, False), (0.8, False), ("auto", True)])
+def test_greedy_equals_the_reference_sampler(pair, alpha, gated):
+    """gated: the cost gate on (a tiny draft costs as much as the target, so it soon drafts nothing and only
+    scores each position, the plain sampler's work) -- still the same tokens."""
     target, policy = pair
-    strategy = mixture_strategy(policy, alpha)
+    strategy = mixture_strategy(policy, alpha, skip_unprofitable_drafts=gated)
     for seed in range(5):
         prompt = repetitive_prompt(seed)
         reference = hf_specdec.sample_geometric_mixture(target, policy, hf_specdec.GeometricMixture(alpha),

@@ -28,11 +28,12 @@ def small_vocab_model():
     return make_llama(vocab_size=VOCAB, layers=1, hidden=16, seed=11, logit_scale=1.0, eos_token_id=None)
 
 
-def sample_pairs(model, strategy=None, seed=0) -> Counter:
+def sample_pairs(model, strategy=None, seed=0, prompt: torch.LongTensor = PROMPT) -> Counter:
+    """(1st, 2nd) new tokens of SAMPLES sampled continuations of `prompt` (an encoder-decoder's source)."""
     torch.manual_seed(seed)
     pairs = Counter()
     for _ in range(SAMPLES):
-        out = model.generate(PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=3, do_sample=True, top_k=0,
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=True, top_k=0,
                              assistant_model=strategy)
         pairs[tuple(out[0, -3:-1].tolist())] += 1  # (1st new token, 1st verified token)
     return pairs

@@ -82,6 +82,18 @@ class SpeculativeStrategy(CandidateGenerator):
         """False only for typical acceptance, which changes the output distribution."""
         return self.config.verification != "typical"
 
+    def fork(self) -> SpeculativeStrategy:
+        """A fresh strategy with these settings and the same weights (heads, draft model), for one row of a batch:
+        its own K schedule, cost gate and drafter state."""
+        args, kwargs = self._fork_components()
+        twin = type(self)(*args, config=self.config, **kwargs)
+        twin.made_for = self.made_for
+        return twin
+
+    def _fork_components(self) -> tuple[tuple, dict]:
+        """The constructor's positional and keyword arguments besides the config (shared, not copied)."""
+        return (), {}
+
     # ---- lifecycle, driven by `hf_specdec.decoding.speculative_decode` ----------------------------------------
     def begin(self, target: PreTrainedModel, input_ids: torch.LongTensor, generation_config: GenerationConfig,
               logits_processor: LogitsProcessorList) -> None:
@@ -125,6 +137,12 @@ class SpeculativeStrategy(CandidateGenerator):
         """The scores `[k + 1, V]` a step verifies against and emits from: here the target's own processed scores;
         a strategy sampling another distribution (DraftModelStrategy with a GeometricMixture) returns its log-probs."""
         return target_scores
+
+    def bonus_scores(self, input_ids: torch.LongTensor, draft_tokens: torch.LongTensor) -> torch.Tensor | None:
+        """Called when every drafted token was accepted: the final scores `[V]` of the bonus position if
+        `verification_scores` left that row provisional (then the loop draws the bonus token from these), else
+        None (here: the target's row is final)."""
+        return None
 
     def finish_stats(self, stats: GenerationStats) -> None:
         """Called once per `generate` call with its statistics, to add the strategy's own figures."""

@@ -9,6 +9,7 @@ follows q* ∝ draft^alpha * target^(1 - alpha) instead of the target alone (see
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..compat import CACHE_KWARG
@@ -134,11 +135,17 @@ class DraftModelStrategy(SpeculativeStrategy):
         self._vocab_head_key: tuple | None = None  # which LM head and vocabulary `_vocab_head_t` was sliced from
         self._cached_tokens: list[int] = []  # the tokens whose keys/values the draft cache holds
         self._alphas: torch.Tensor | None = None  # alpha* of the latest verified positions (mixture)
+        self._bonus_target_row: torch.Tensor | None = None  # the target's scores where `bonus_scores` may be asked
         self._alpha_total, self._alpha_count = 0.0, 0
         # Starts optimistic (a whole draft accepted), so a good draft drafts from the first step; a useless one is
         # found out in a few steps and then only probed, ever more rarely.
         self.gate = DraftGate(prior_accepted=float(self.config.num_speculative_tokens), max_probe_every=64)
         self._draft_token_seconds: float | None = None  # EMA of one draft forward (one drafted token)
+
+    def _fork_components(self) -> tuple[tuple, dict]:
+        tokenizers = {} if self.bridge is None else {"draft_tokenizer": self.bridge.draft_tokenizer,
+                                                     "target_tokenizer": self.bridge.target_tokenizer}
+        return (self.draft_model,), tokenizers
 
     def save_components(self, directory: Path, include_draft: bool = True) -> None:
         """`draft/`: the draft model (safetensors), or with `include_draft=False` only `draft_model.json`, a pointer
@@ -162,11 +169,12 @@ class DraftModelStrategy(SpeculativeStrategy):
 
     @classmethod
     def load_components(cls, directory: Path) -> tuple[PreTrainedModel]:
+        """The draft model; a draft with another tokenizer needs its tokenizers passed again to `from_pretrained`
+        (`draft_tokenizer=..., target_tokenizer=...`): they are not saved with the strategy."""
         if (directory / DRAFT_DIR).is_dir():
-            return (AutoModelForCausalLM.from_pretrained(directory / DRAFT_DIR),)
+            return (_load_model(directory / DRAFT_DIR),)
         if (directory / DRAFT_POINTER).is_file():
-            name = json.loads((directory / DRAFT_POINTER).read_text())["name_or_path"]
-            return (AutoModelForCausalLM.from_pretrained(name),)
+            return (_load_model(json.loads((directory / DRAFT_POINTER).read_text())["name_or_path"]),)
         raise ValueError(f"{directory} has no draft model ({DRAFT_DIR}/ or {DRAFT_POINTER}); pass the draft: "
                          "DraftModelStrategy.from_pretrained(folder, draft_model).")
 
@@ -234,8 +242,8 @@ class DraftModelStrategy(SpeculativeStrategy):
         return self.mixture is not None
 
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        if self.mixture is not None:  # q*: the draft's distribution at every position, no lookup, no gate
-            return self._draft(input_ids, max_tokens, bonus=True)
+        if self.mixture is not None:
+            return self._mixture_draft(input_ids, max_tokens)
         if self.config.lookup_min_ngram:
             found = lookup_draft(self, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram,
                                  min(max_tokens, self.config.lookup_num_tokens))
@@ -248,8 +256,23 @@ class DraftModelStrategy(SpeculativeStrategy):
         if self.config.skip_unprofitable_drafts and not self.gate.should_draft(MODEL_BUCKET,
                                                                                self._drafting_cost(max_tokens)):
             return Draft(input_ids.new_empty(0), bucket=MODEL_BUCKET)
+        return self._timed(self._draft_other_tokens if self.bridge else self._draft, input_ids, max_tokens)
+
+    def _mixture_draft(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        """q*: no lookup (it needs the draft's distribution at every position anyway); the gate may still cut the
+        draft to none, which costs what the plain q* sampler costs: one draft and one target forward per token."""
+        max_tokens = min(max_tokens, self.schedule.next_k())
+        # Not drafting costs a target and a draft forward per token, so an accepted token saves both; the first
+        # drafted token's forward is paid in any case (q* needs the distribution there), only the rest is extra.
+        if max_tokens and self.config.skip_unprofitable_drafts and not self.gate.should_draft(
+                MODEL_BUCKET, self._drafting_cost(max_tokens - 1), token_value=1 + self._drafting_cost(1)):
+            max_tokens = 0
+        return self._timed(functools.partial(self._draft, all_probs=True), input_ids, max_tokens)
+
+    def _timed(self, draft_fn, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        """Runs a drafting function, keeping the EMA of one drafted token's cost for the gate."""
         start = time.perf_counter()
-        draft = self._draft_other_tokens(input_ids, max_tokens) if self.bridge else self._draft(input_ids, max_tokens)
+        draft = draft_fn(input_ids, max_tokens)
         if draft.tokens.numel():
             seconds = (time.perf_counter() - start) / draft.tokens.numel()
             self._draft_token_seconds = ema(self._draft_token_seconds, seconds, self.gate.ema_alpha)
@@ -257,14 +280,32 @@ class DraftModelStrategy(SpeculativeStrategy):
         return draft
 
     def verification_scores(self, target_scores: torch.Tensor, draft: Draft) -> torch.Tensor:
-        """With a GeometricMixture: log q* `[k + 1, V]` from the target's scores and the draft's k + 1 distributions
-        (both after the same logits processors); otherwise the target's scores."""
+        """With a GeometricMixture: log q* `[k + 1, V]` from the target's scores and the draft's distributions (both
+        after the same logits processors); otherwise the target's scores. A draft of k >= 1 tokens carries k
+        distributions: the last row (the bonus position) keeps the target's scores until `bonus_scores` is asked
+        for it, which happens only when all k are accepted, so a rejection never pays that draft forward."""
         if self.mixture is None:
             return target_scores
-        if draft.probs is None or draft.probs.shape != target_scores.shape:
+        rows = 0 if draft.probs is None else draft.probs.shape[0]
+        if rows == 0 or rows not in (draft.tokens.numel(), target_scores.shape[0]):
             raise RuntimeError("The mixture needs the draft's distribution at every verified position.")
-        log_q, self._alphas = self.mixture.log_probs(draft.probs.log(), target_scores.log_softmax(dim=-1))
-        return log_q
+        log_q, self._alphas = self.mixture.log_probs(draft.probs.log(), target_scores[:rows].log_softmax(dim=-1))
+        self._bonus_target_row = target_scores[-1] if rows < target_scores.shape[0] else None
+        return torch.cat([log_q, target_scores[rows:]])
+
+    def bonus_scores(self, input_ids: torch.LongTensor, draft_tokens: torch.LongTensor) -> torch.Tensor | None:
+        """log q* `[V]` at the position after a fully accepted draft (`verification_scores` left it out), or None
+        when that row is already final."""
+        if self._bonus_target_row is None:
+            return None
+        with torch.no_grad():
+            sequence = torch.cat([input_ids, draft_tokens[None]], dim=-1).to(self.draft_model.device)  # [1, n + k]
+            # the draft cache may hold drafted tokens past a batch's cut: sync it to this sequence first
+            logits = self._forward(self._sync_cache(sequence[0].tolist()))  # [1, V]
+            log_policy = self.logits_processor(sequence, logits).log_softmax(dim=-1).to(input_ids.device)  # [1, V]
+        log_q, alpha = self.mixture.log_probs(log_policy, self._bonus_target_row[None].log_softmax(dim=-1))
+        self._alphas, self._bonus_target_row = torch.cat([self._alphas, alpha]), None
+        return log_q[0]
 
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
         super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
@@ -281,7 +322,7 @@ class DraftModelStrategy(SpeculativeStrategy):
 
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs):
         candidate_ids, candidate_logits = super().get_candidates(input_ids, **kwargs)
-        if candidate_logits is not None:  # a mixture draft carries one more (bonus) row than it drafted
+        if candidate_logits is not None:  # an empty mixture draft still carries its position's distribution
             candidate_logits = candidate_logits[:, : candidate_ids.shape[1] - input_ids.shape[1]]
         return candidate_ids, candidate_logits
 
@@ -293,23 +334,23 @@ class DraftModelStrategy(SpeculativeStrategy):
         return num_tokens * self._draft_token_seconds / single
 
     @torch.no_grad()
-    def _draft(self, input_ids: torch.LongTensor, max_tokens: int, bonus: bool = False) -> Draft:
-        """Drafts up to `max_tokens` tokens. bonus: also the distribution after the last drafted one (probs
-        `[k + 1, V]`, always returned: the mixture needs it even when greedy)."""
+    def _draft(self, input_ids: torch.LongTensor, max_tokens: int, all_probs: bool = False) -> Draft:
+        """Drafts up to `max_tokens` tokens. all_probs: return their distributions even when greedy (the mixture
+        needs them), and with no token drafted the distribution at the next position alone (probs `[1, V]`)."""
         do_sample = bool(self.generation_config.do_sample)
         # Greedy with no logits processors and no entropy stop: the argmax of the raw logits is the draft.
-        argmax_only = not (do_sample or bonus or self.logits_processor or self.schedule.needs_entropy)
+        argmax_only = not (do_sample or all_probs or self.logits_processor or self.schedule.needs_entropy)
         sequence = input_ids.to(self.draft_model.device)  # [1, n]
         pending = self._sync_cache(sequence[0].tolist())  # [1, m] tokens the draft has not seen yet
         drafted, probs = [], []
-        for step in range(max_tokens + bonus):
+        for step in range(max(max_tokens, int(all_probs))):
             logits = self._forward(pending)  # [1, V]
             if argmax_only:
                 token = logits.argmax(-1)  # [1]
             else:
                 distribution = self.logits_processor(sequence, logits).softmax(dim=-1)[0]  # [V]
                 if step == max_tokens or self.schedule.stop_on_entropy(float(_entropy(distribution))):
-                    probs.extend([distribution] if bonus else [])
+                    probs.extend([distribution] if all_probs and not drafted else [])
                     break
                 token = torch.multinomial(distribution, 1) if do_sample else distribution.argmax().view(1)  # [1]
                 probs.append(distribution)
@@ -317,7 +358,8 @@ class DraftModelStrategy(SpeculativeStrategy):
             drafted.append(token)
             pending = token[None]
         tokens = torch.cat(drafted).to(input_ids.device) if drafted else input_ids.new_empty(0)  # [k]
-        return Draft(tokens, torch.stack(probs).to(input_ids.device) if (do_sample or bonus) and probs else None)
+        keep = (do_sample or all_probs) and probs
+        return Draft(tokens, torch.stack(probs).to(input_ids.device) if keep else None)
 
     @torch.no_grad()
     def _draft_other_tokens(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
@@ -368,6 +410,13 @@ class DraftModelStrategy(SpeculativeStrategy):
         hidden = draft.get_decoder()(**inputs).last_hidden_state[:, -1]  # [1, H]
         logits = hidden.new_full((1, self._vocab_size), float("-inf"))
         return logits.index_copy_(1, self._vocab, hidden @ self._vocab_head_t).float()  # [1, V]: -inf off the vocab
+
+
+def _load_model(name_or_path) -> PreTrainedModel:
+    """A causal LM, or a sequence-to-sequence model when its config is an encoder-decoder's."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    return auto.from_pretrained(name_or_path)
 
 
 def _entropy(distribution: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,9 @@ class MedusaStrategy(SpeculativeStrategy):
         self._trees: dict[int, TokenTree] = {}
         self._hidden: torch.Tensor | None = None
 
+    def _fork_components(self) -> tuple[tuple, dict]:
+        return (self.heads,), {}
+
     def save_components(self, directory: Path) -> None:
         self.heads.save_pretrained(directory)  # config.json + model.safetensors: the folder is a heads folder too
 

@@ -94,6 +94,14 @@ class NASDStrategy(SpeculativeStrategy):
         self.gate = DraftGate()
         self._indexed = 0  # tokens of the current sequence already counted in the store
 
+    def fork(self) -> NASDStrategy:
+        """A row's own strategy; with `reset_between_calls=False` the rows share this strategy's store (it keeps
+        learning across calls), else each row starts its own."""
+        twin = super().fork()
+        if not self.config.reset_between_calls:
+            twin.store = self.store
+        return twin
+
     def begin(self, target, input_ids, generation_config, logits_processor) -> None:
         super().begin(target, input_ids, generation_config, logits_processor)
         if self.config.reset_between_calls:
