@@ -41,10 +41,10 @@ def method_table(draft, alpha, do_sample: bool) -> dict:
         "plain": lambda: {"do_sample": do_sample},
         REFERENCE: lambda: {"custom_generate": functools.partial(geometric_mixture_decode, policy=draft,
                                                                  mixture=mixture), "do_sample": do_sample},
-        "q*": speculative(),  # the defaults
+        "q*": speculative(),  # the defaults (strategies/draft_model.py MIXTURE_DEFAULTS: K = 2, every step drafted)
         "q*-heuristic": speculative(schedule="heuristic"),
         **{f"q*-k{k}": speculative(num_speculative_tokens=k) for k in (1, 2, 3, 4, 5)},
-        **{f"q*-k{k}-ungated": speculative(num_speculative_tokens=k, skip_unprofitable_drafts=False)
+        **{f"q*-k{k}-gated": speculative(num_speculative_tokens=k, skip_unprofitable_drafts=True)
            for k in (2, 3, 5)},
     }
 
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--alpha", default="auto", help='"auto" or a weight in [0, 1]')
     parser.add_argument("--sample", action="store_true", help="sample (default: greedy, argmax q*)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=["plain", REFERENCE, "q*", "q*-k2", "q*-k3"])
+    parser.add_argument("--methods", nargs="+", default=["plain", REFERENCE, "q*", "q*-k3", "q*-k5", "q*-k2-gated"])
     parser.add_argument("--out", type=Path, default=None, help="also write every row as JSON lines here")
     args = parser.parse_args()
 

@@ -117,6 +117,34 @@ class VerifyCosts:
         return base * (1 + self.slope * width)
 
 
+class BatchDraftGate:
+    """Whether the batch drafts this step at all. Rows draft one after another, so at a large batch their drafting
+    (a draft model's forwards, Medusa heads' vocabulary projections) can cost more than a batched decode step gains:
+    tokens per second of drafting steps and of plain steps are both measured (EMA), the better mode is used and the
+    other probed every `probe_every` steps, half as often each time it loses again (up to `max_probe_every`)."""
+
+    def __init__(self, probe_every: int = 8, max_probe_every: int = 64, ema_alpha: float = 0.3) -> None:
+        self.rate: dict[bool, float | None] = {True: None, False: None}
+        self.probe_every, self.max_probe_every, self.ema_alpha = probe_every, max_probe_every, ema_alpha
+        self.interval, self.steps, self.best = probe_every, 0, True
+
+    def should_draft(self) -> bool:
+        if self.rate[True] is None or self.rate[False] is None:  # measure drafting first, then plain once
+            return self.rate[True] is None
+        best = self.rate[True] >= self.rate[False]
+        if best != self.best:
+            self.best, self.interval, self.steps = best, self.probe_every, 0
+        self.steps += 1
+        if self.steps % self.interval:
+            return best
+        self.steps, self.interval = 0, min(self.max_probe_every, 2 * self.interval)
+        return not best
+
+    def record(self, drafted: bool, tokens: int, seconds: float) -> None:
+        rate, old = tokens / max(seconds, 1e-9), self.rate[drafted]
+        self.rate[drafted] = rate if old is None else self.ema_alpha * rate + (1 - self.ema_alpha) * old
+
+
 def expected_accepted(acceptance: float, nodes: int) -> float:
     """Expected accepted tokens of a chain of `nodes` drafted tokens, each accepted with `acceptance` given the
     previous ones."""
@@ -145,9 +173,11 @@ def batched_decode(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: di
     rows = start_rows(run, input_ids, model_kwargs)
     try:
         slot_mask = prefill(run, rows, input_ids, model_kwargs)
-        costs = VerifyCosts(len(rows))
+        # A strategy told not to skip unprofitable drafts (`skip_unprofitable_drafts=False`) drafts every step here too.
+        gated = len(rows) > 1 and getattr(run.strategy.config, "skip_unprofitable_drafts", True)
+        costs, gate = VerifyCosts(len(rows)), BatchDraftGate() if gated else None
         while not all(row.finished for row in rows):
-            slot_mask = batch_step(run, rows, slot_mask, costs)
+            slot_mask = batch_step(run, rows, slot_mask, costs, gate)
         if not bool(slot_mask.all()):
             compact(run.cache, slot_mask)
     finally:
@@ -168,7 +198,9 @@ def start_rows(run: DecodeRun, input_ids, model_kwargs) -> list[Row]:
             raise ValueError("The attention_mask has padding on the right (or inside a row); pad on the left, as for "
                              "plain batched generate: tokenizer.padding_side = 'left'.")
         stats = GenerationStats(lossless=run.strategy.lossless)
-        row_run = DecodeRun(run.model, run.strategy.fork(), run.cache, run.logits_processor, run.stopping_criteria,
+        strategy = run.strategy.fork()
+        strategy.batch_rows = input_ids.shape[0]
+        row_run = DecodeRun(run.model, strategy, run.cache, run.logits_processor, run.stopping_criteria,
                             run.generation_config, stats=stats)
         row = Row(row_run, make_verifier(row_run.strategy.config, run.generation_config), input_ids[b : b + 1],
                   padding, stats)
@@ -202,11 +234,15 @@ def prefill(run: DecodeRun, rows: list[Row], input_ids, model_kwargs) -> torch.B
     return torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
 
 
-def batch_step(run: DecodeRun, rows: list[Row], slot_mask: torch.BoolTensor, costs: VerifyCosts) -> torch.BoolTensor:
-    """Every unfinished row drafts; one verify forward of the chosen width; each row verifies, emits and learns;
-    the cache keeps what the rows accepted. Returns the new slot mask."""
+def batch_step(run: DecodeRun, rows: list[Row], slot_mask: torch.BoolTensor, costs: VerifyCosts,
+               gate: BatchDraftGate | None) -> torch.BoolTensor:
+    """Every unfinished row drafts (unless the gate says drafting does not pay this step); one verify forward of the
+    chosen width; each row verifies, emits and learns; the cache keeps what the rows accepted. Returns the new slot
+    mask."""
     t0 = time.perf_counter()
-    proposals = [None if row.finished else propose_row(row) for row in rows]
+    drafting = gate is None or gate.should_draft()
+    emitted_before = sum(row.stats.new_tokens for row in rows)
+    proposals = [None if row.finished else propose_row(row, drafting) for row in rows]
     width = choose_width(rows, proposals, costs)
     drafts = [None if p is None else RowDraft.of(p.draft, width) for p in proposals]
     t1 = time.perf_counter()
@@ -219,13 +255,16 @@ def batch_step(run: DecodeRun, rows: list[Row], slot_mask: torch.BoolTensor, cos
             kept = settle_row(row, draft, logits[b], None if hidden is None else hidden[b], t2 - t1,
                               (t1 - t0) / max(1, sum(d is not None for d in drafts)))
             new_slots[b, kept] = True
+    if gate is not None:
+        gate.record(drafting, sum(row.stats.new_tokens for row in rows) - emitted_before, time.perf_counter() - t0)
     return commit(run.cache, torch.cat([slot_mask, new_slots], dim=1))
 
 
-def propose_row(row: Row) -> RowDraft:
+def propose_row(row: Row, drafting: bool = True) -> RowDraft:
+    """The row's draft; with `drafting` False none (a strategy that scores every position still scores this one)."""
     run = row.run
     budget = run.generation_config.max_length - row.view.shape[1]  # tokens this row may still emit, >= 1
-    max_draft = min(run.strategy.draft_budget(), budget - 1)
+    max_draft = min(run.strategy.draft_budget(), budget - 1) if drafting else 0
     wants = max_draft > 0 or run.strategy.drafts_every_position
     draft = run.strategy.propose(row.tokens, max_draft) if wants else Draft.empty()
     return RowDraft.of(draft, max_draft if draft.tree is None else draft.tree.tree.num_nodes)

@@ -37,7 +37,7 @@ ENCODER_KWARGS = ("encoder_outputs", "attention_mask")  # what every decoder for
 
 @dataclass
 class DecodeRun:
-    """The state of one speculative `generate` call (batch size 1)."""
+    """The state of one speculative `generate` call, or of one row of a batch (see `batch_decoding.py`)."""
 
     model: PreTrainedModel
     strategy: "SpeculativeStrategy"

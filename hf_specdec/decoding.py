@@ -44,7 +44,8 @@ def speculative_decode(
     inputs_tensor: torch.Tensor | None = None,
     **model_kwargs,
 ) -> torch.LongTensor | GenerateDecoderOnlyOutput:
-    """Decoding loop with the signature of Transformers' `custom_generate` callables (batch size 1).
+    """Decoding loop with the signature of Transformers' `custom_generate` callables. One unpadded prompt runs the
+    loop below; several rows or padding go to `batch_decoding.batched_decode`.
 
     inputs_tensor: what generate fed the encoder of an encoder-decoder target (its input ids or features), which
     drafters may read (prompt lookup copies from the source; a draft runs its own encoder on it)."""

@@ -1,7 +1,7 @@
 """Verifiers: pure tensor functions that decide which drafted tokens the target accepts.
 
-Batch size is 1, so every function takes one draft of K tokens and returns `(num_accepted, next_token)`:
-the target keeps `draft_tokens[:num_accepted]` and then appends `next_token` (the correction on a rejection,
+Every function takes one row's draft of K tokens and returns `(num_accepted, next_token)` (a batch calls them per
+row, see `batch_decoding.py`): the target keeps `draft_tokens[:num_accepted]` and then appends `next_token` (the correction on a rejection,
 or the bonus token when all K are accepted). Names follow Leviathan et al. (2023), Transformers' convention:
 `p` is the target distribution and `q` the draft distribution, both after the same logits processors.
 """

@@ -48,15 +48,32 @@ def strategies(model) -> dict:
         "nasd": lambda: hf_specdec.NASDStrategy(skip_unprofitable_drafts=False),
         "draft_model": lambda: draft_strategy(make_llama(layers=1, seed=1)),
         "draft_model_lookup": lambda: draft_strategy(make_llama(layers=1, seed=1), lookup_min_ngram=2),
-        "medusa_chain": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree=None, min_confidence=0.0),
-        "medusa_tree": lambda: hf_specdec.MedusaStrategy(heads_for(model), min_confidence=0.0),
-        "hydra_dynamic": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree="dynamic", tree_nodes=6),
+        "medusa_chain": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree=None, skip_unprofitable_drafts=False),
+        "medusa_tree": lambda: hf_specdec.MedusaStrategy(heads_for(model), skip_unprofitable_drafts=False),
+        "hydra_dynamic": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree="dynamic", tree_nodes=6,
+                                                           skip_unprofitable_drafts=False),
+        "hydra_gated": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree="dynamic", tree_nodes=6),
     }
 
 
-@pytest.fixture(scope="module")
-def target():
-    return make_llama()
+def tiny_qwen2():
+    """A second architecture (Qwen2: biased q/k/v projections, its own attention code path)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=EOS, pad_token_id=0, bos_token_id=0, tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config).eval()
+    torch.random.set_rng_state(state)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = EOS, 0
+    return model
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def target(request):
+    return make_llama() if request.param == "llama" else tiny_qwen2()
 
 
 def assert_rows_equal(model, plain: torch.LongTensor, ours: torch.LongTensor, ids, mask) -> None:
@@ -73,7 +90,7 @@ def assert_rows_equal(model, plain: torch.LongTensor, ours: torch.LongTensor, id
 
 
 @pytest.mark.parametrize("name", ["ngram", "ngram_defaults", "nasd", "draft_model", "draft_model_lookup",
-                                  "medusa_chain", "medusa_tree", "hydra_dynamic"])
+                                  "medusa_chain", "medusa_tree", "hydra_dynamic", "hydra_gated"])
 def test_greedy_rows_equal_plain_batched_generate(target, name):
     make = strategies(target)[name]
     drafted = 0
@@ -87,7 +104,7 @@ def test_greedy_rows_equal_plain_batched_generate(target, name):
         stats = strategy.last_stats
         assert len(stats.rows) == 4 and stats.new_tokens == sum(row.new_tokens for row in stats.rows)
         drafted += stats.drafted
-    assert drafted > 0
+    assert drafted > 0  # the batch gate drafts first, then measures
 
 
 def test_rows_finish_at_different_steps_and_eos_inside_drafts():
@@ -196,7 +213,7 @@ def test_num_return_sequences_samples_match_plain(small_vocab_model):  # noqa: F
     assert homogeneity_pvalue(pairs(None, 1), pairs(factory, 2)) > 1e-3
 
 
-def test_pipeline_with_a_batch(target):
+def test_pipeline_with_a_batch():
     from transformers import pipeline
 
     from hf_specdec.tiny_models import byte_tokenizer

@@ -73,6 +73,11 @@ def test_settings_round_trip_and_refusals(pair, tmp_path):
     strategy.save_pretrained(tmp_path / "s")
     loaded = hf_specdec.DraftModelStrategy.from_pretrained(tmp_path / "s")
     assert loaded.mixture == hf_specdec.GeometricMixture(0.25)
+    defaults = hf_specdec.DraftModelStrategy(policy, verify_against=hf_specdec.GeometricMixture()).config
+    assert defaults.num_speculative_tokens == 2 and not defaults.skip_unprofitable_drafts  # the fastest measured
+    chosen = hf_specdec.DraftModelStrategy(policy, verify_against=hf_specdec.GeometricMixture(),
+                                           num_speculative_tokens=4)
+    assert chosen.config.num_speculative_tokens == 4
     with pytest.raises(ValueError, match="alpha must be"):
         hf_specdec.GeometricMixture(1.5)
     with pytest.raises(TypeError, match="GeometricMixture"):

@@ -55,8 +55,8 @@ def _eos_ids(model: PreTrainedModel) -> set[int]:
 def draw_samples(model: PreTrainedModel, prefix_ids: torch.LongTensor, factory: MethodFactory, spec: MethodSpec,
                  test: SamplingTestSpec, seed: int) -> tuple[list[list[int]], dict[str, int] | None]:
     """`num_samples` continuations of `num_tokens` tokens, and (hf_specdec methods) how many drafted tokens the
-    verifier judged. Plain sampling runs as one batch; other methods one sample per call (hf_specdec strategies
-    take batch size 1), each with a fresh strategy."""
+    verifier judged. Plain sampling runs as one batch; other methods one sample per call, each with a fresh strategy
+    (so each sample's drafter starts from scratch, as a user's single call does)."""
     gen_kwargs = {"do_sample": True, "temperature": test.temperature, "top_p": test.top_p,
                   "max_new_tokens": test.num_tokens}
     eos, n = _eos_ids(model), prefix_ids.shape[1]

@@ -73,6 +73,9 @@ class SpeculativeStrategy(CandidateGenerator):
         self._last_draft_length = 0
         # The target this strategy was saved for (`hf_specdec_target.json`), checked in `begin`; None: any target.
         self.made_for: dict[str, Any] | None = None
+        # Rows of the batch this strategy drafts one row of (set by the batched engine on its row strategies): a
+        # row's drafting runs while the other rows wait, so drafting that costs time weighs this many times more.
+        self.batch_rows = 1
         # Encoder-decoder targets: what the encoder read this call (see `set_encoder_inputs`), else None.
         self.encoder_inputs: dict[str, torch.Tensor] | None = None
         self.source_ids: torch.LongTensor | None = None

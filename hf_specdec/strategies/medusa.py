@@ -50,6 +50,13 @@ class MedusaConfig(StrategyConfig):
                           "decode, cheaper than a multi-token verify. 0 always drafts."},
     )
 
+    skip_unprofitable_drafts: bool = field(
+        default=True,
+        metadata={"help": "In a batch: draft only while drafting steps yield more tokens per second than plain "
+                          "steps (both measured; the rows' heads run one after another). A batch of one always "
+                          "drafts."},
+    )
+
     lookup_min_ngram: int = field(
         default=0,
         metadata={"help": "0: the heads draft every step. n in 1..4: first look the last 4, 3, ..., n tokens up in "
