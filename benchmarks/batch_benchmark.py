@@ -91,7 +91,8 @@ def report(records: list) -> None:
         plain = {r["batch"]: r for r in items if r["method"] == "plain"}
         plain_seconds = sum(r["seconds"] for r in plain.values())
         print(f"\n## {dataset}, batch size {size}\n")
-        print("| method | tokens/s | wall s | speedup vs plain batched | mean accepted length per row | identical rows |")
+        print("| method | tokens/s | wall s | speedup vs plain batched | mean accepted length per row "
+              "| identical rows |")
         print("|---|---|---|---|---|---|")
         for method in dict.fromkeys(r["method"] for r in items):
             mine = [r for r in items if r["method"] == method]

@@ -84,14 +84,17 @@ def test_the_committed_draft_is_lossless_on_the_real_target():
     optimize_for_cpu(model)
     optimize_for_cpu(draft)
     prompts = load_humaneval(limit=2) + load_mtbench_prose(tokenizer)[:2]
+    accepted = 0
     for prompt in prompts:
         ids = tokenizer(prompt.text, return_tensors="pt").input_ids
         expected = model.generate(ids, max_new_tokens=48, do_sample=False)
         strategy = hf_specdec.DraftModelStrategy(draft)
         assert torch.equal(model.generate(ids, max_new_tokens=48, do_sample=False, assistant_model=strategy),
                            expected), prompt.id
-        assert strategy.last_stats.accepted > 0
+        accepted += strategy.last_stats.accepted
         assert torch.equal(model.generate(ids, max_new_tokens=48, do_sample=False, assistant_model=draft), expected)
+    # Summed over the prompts: the cost gate acts on measured timings, so one prompt may draft little on a busy machine
+    assert accepted > 0
 
     ids = tokenizer(prompts[-1].text, return_tensors="pt").input_ids
 

@@ -70,7 +70,8 @@ class DraftModelConfig(StrategyConfig):
         default=None,
         metadata={"help": "None: outputs follow the target. A weight in [0, 1] or \"auto\": they follow the geometric "
                           "mixture q* ∝ draft^alpha * target^(1 - alpha) (set it with verify_against="
-                          "GeometricMixture(alpha)); prompt lookup, the cost gate and the draft vocabulary are off "
+                          "GeometricMixture(alpha), which without a config also sets K = 2 and drafts every step: "
+                          "MIXTURE_DEFAULTS, the fastest measured); prompt lookup and the draft vocabulary are off "
                           "then, since q* needs the draft's full distribution at every position."},
     )
 
