@@ -151,10 +151,15 @@ def expected_accepted(acceptance: float, nodes: int) -> float:
     return sum(acceptance ** i for i in range(1, nodes + 1))
 
 
+CUT_WIDTHS = (1, 2, 3, 4, 6, 8)  # widths tried besides the drafts' own sizes: a long draft cut short often pays
+
+
 def choose_width(rows: list[Row], drafts: list[RowDraft | None], costs: VerifyCosts) -> int:
     """The verify width W (draft nodes per row) with the most expected tokens per second; rows' drafts longer than
-    W are cut to W. Candidates: 0 and every row's draft size."""
-    sizes = sorted({0} | {d.num_nodes for d in drafts if d is not None})
+    W are cut to W. Candidates: 0, every row's draft size and the `CUT_WIDTHS` below the largest."""
+    sizes = {d.num_nodes for d in drafts if d is not None}
+    largest = max(sizes, default=0)
+    sizes = sorted({0} | sizes | {w for w in CUT_WIDTHS if w < largest})
     best, best_rate = 0, -1.0
     for width in sizes:
         tokens = sum(1 + expected_accepted(row.acceptance, min(width, d.num_nodes))
