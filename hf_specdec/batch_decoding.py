@@ -21,14 +21,13 @@ costs more than it yields.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from .compat import CACHE_KWARG
-from .decode_run import (DecodeRun, Verifier, accepts_logits_to_keep, last_hidden_states, make_verifier, process_scores,
-                         select_token)
+from .decode_run import DecodeRun, Verifier, accepts_logits_to_keep, last_hidden_states
 from .stats import GenerationStats
 from .strategies.base import Draft
 from .tree import TreeDraft, build_tree, tree_visibility
@@ -42,10 +41,9 @@ class Row:
     """One row of the batch."""
 
     run: DecodeRun  # the batch's model, cache, processors and criteria; this row's strategy and statistics
-    verifier: Verifier  # for chain drafts
+    verifier: Verifier  # for chain drafts (the batch's one: verifiers are pure)
     view: torch.LongTensor  # [1, L]: the row as plain batched generate holds it (left padding, prompt, output)
     padding: int  # left padding in `view`
-    stats: GenerationStats = field(default_factory=GenerationStats)
     finished: bool = False
     acceptance: float = 0.5  # EMA of the share of drafted tokens (tree: of its depth) accepted, for `choose_width`
 
@@ -53,6 +51,10 @@ class Row:
     def tokens(self) -> torch.LongTensor:
         """`[1, n]` the row's real tokens: what its drafter reads."""
         return self.view[:, self.padding:]
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self.run.stats
 
 
 @dataclass
@@ -171,11 +173,12 @@ def choose_width(rows: list[Row], drafts: list[RowDraft | None], costs: VerifyCo
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------------
-def batched_decode(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict) -> torch.LongTensor:
+def batched_decode(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict, verifier: Verifier,
+                   ) -> torch.LongTensor:
     """Decodes every row of `input_ids` (`[B, L]`, left padding as `model_kwargs["attention_mask"]` says) to its end;
     returns the sequences right-padded with the pad token, as plain batched `generate` does. The cache is left
     compacted: each row's live slots (all its tokens but the last) at the right end, left-padded."""
-    rows = start_rows(run, input_ids, model_kwargs)
+    rows = start_rows(run, input_ids, model_kwargs, verifier)
     try:
         slot_mask = prefill(run, rows, input_ids, model_kwargs)
         # A strategy told not to skip unprofitable drafts (`skip_unprofitable_drafts=False`) drafts every step here too.
@@ -194,7 +197,7 @@ def batched_decode(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: di
     return padded_sequences(rows, pad_token_id(run))
 
 
-def start_rows(run: DecodeRun, input_ids, model_kwargs) -> list[Row]:
+def start_rows(run: DecodeRun, input_ids, model_kwargs, verifier: Verifier) -> list[Row]:
     mask = model_kwargs.get("attention_mask")
     rows = []
     for b in range(input_ids.shape[0]):
@@ -202,13 +205,11 @@ def start_rows(run: DecodeRun, input_ids, model_kwargs) -> list[Row]:
         if mask is not None and not bool(mask[b, padding:].all()):
             raise ValueError("The attention_mask has padding on the right (or inside a row); pad on the left, as for "
                              "plain batched generate: tokenizer.padding_side = 'left'.")
-        stats = GenerationStats(lossless=run.strategy.lossless)
         strategy = run.strategy.fork()
         strategy.batch_rows = input_ids.shape[0]
         row_run = DecodeRun(run.model, strategy, run.cache, run.logits_processor, run.stopping_criteria,
-                            run.generation_config, stats=stats)
-        row = Row(row_run, make_verifier(row_run.strategy.config, run.generation_config), input_ids[b : b + 1],
-                  padding, stats)
+                            run.generation_config)
+        row = Row(row_run, verifier, input_ids[b : b + 1], padding)
         row.run.strategy.begin(run.model, row.tokens, run.generation_config, run.logits_processor)
         rows.append(row)
     return rows
@@ -225,10 +226,7 @@ def prefill(run: DecodeRun, rows: list[Row], input_ids, model_kwargs) -> torch.B
     hidden = last_hidden_states(run.model, outputs)[:, -1:] if hidden_wanted else None  # [B, 1, H]
     for b, row in enumerate(rows):
         strategy = row.run.strategy
-        scores = run.logits_processor(row.view, logits[b : b + 1].clone())  # [1, V]
-        if strategy.drafts_every_position:
-            scores = strategy.verification_scores(scores, strategy.propose(row.tokens, 0))
-        token = select_token(scores[0], run.do_sample)
+        scores, token = row.run.first_token(row.view, logits[b : b + 1], row.tokens)
         row.view, row.finished = row.run.emit(row.view, [token])
         strategy.observe(row.tokens, Draft.empty(), 0, scores, None, None if hidden is None else hidden[b])
         row.stats.target_forwards += 1
@@ -318,7 +316,8 @@ def settle_row(row: Row, draft: RowDraft, logits: torch.Tensor, hidden: torch.Te
         num_accepted, accepted, drafted = len(path), draft.tokens[path].tolist(), draft.tree.tree.max_depth
         slots = [0] + [1 + node for node in path]
     else:
-        num_accepted, next_token, scores = verify_chain(row, draft, logits)
+        num_accepted, next_token, scores = run.verify_chain(row.verifier, row.view, draft.draft, draft.tokens,
+                                                            logits, row.tokens)
         accepted, drafted, slots = draft.tokens[:num_accepted].tolist(), n, list(range(num_accepted + 1))
     view, row.finished = run.emit(row.view, accepted + [next_token])
     emitted = view.shape[1] - row.view.shape[1]
@@ -331,21 +330,6 @@ def settle_row(row: Row, draft: RowDraft, logits: torch.Tensor, hidden: torch.Te
     if drafted:
         row.acceptance = 0.3 * (num_accepted / drafted) + 0.7 * row.acceptance
     return kept
-
-
-def verify_chain(row: Row, draft: RowDraft, logits: torch.Tensor) -> tuple[int, int, torch.Tensor]:
-    """(accepted count, next token, the scores verified against `[1 + k, V]`) for a chain draft."""
-    run, strategy = row.run, row.run.strategy
-    scores = process_scores(run.logits_processor, row.view, draft.tokens, logits)  # [1 + k, V]
-    scores = strategy.verification_scores(scores, draft.draft)
-    probs = None if draft.draft.probs is None else draft.draft.probs[: draft.num_nodes]
-    num_accepted, next_token = row.verifier(draft.tokens, scores, probs)
-    if num_accepted == draft.num_nodes > 0:
-        bonus = strategy.bonus_scores(row.tokens, draft.tokens)
-        if bonus is not None:
-            scores[-1] = bonus
-            next_token = select_token(bonus, run.do_sample)
-    return num_accepted, next_token, scores
 
 
 def commit(cache: DynamicCache, slot_mask: torch.BoolTensor) -> torch.BoolTensor:

@@ -107,6 +107,34 @@ class DecodeRun:
         stats.draft_time += draft_seconds
         stats.verify_time += verify_seconds
 
+    def first_token(self, prefix: torch.LongTensor, logits: torch.Tensor,
+                    drafter_prefix: torch.LongTensor | None = None) -> tuple[torch.Tensor, int]:
+        """(scores `[1, V]`, the first new token) from the prefill's last logits `[1, V]`. prefix: what the logits
+        processors see (`[1, n]`, a batch row's left padding included); drafter_prefix: the real tokens the strategy
+        reads (default: prefix)."""
+        drafter_prefix = prefix if drafter_prefix is None else drafter_prefix
+        scores = self.logits_processor(prefix, logits.clone())  # [1, V]
+        if self.strategy.drafts_every_position:  # the verifier's scores need the draft's distribution here too
+            scores = self.strategy.verification_scores(scores, self.strategy.propose(drafter_prefix, 0))
+        return scores, select_token(scores[0], self.do_sample)
+
+    def verify_chain(self, verifier: Verifier, prefix: torch.LongTensor, draft, draft_tokens: torch.LongTensor,
+                     logits: torch.Tensor, drafter_prefix: torch.LongTensor | None = None,
+                     ) -> tuple[int, int, torch.Tensor]:
+        """(accepted count, next token, the scores `[k + 1, V]` verified against) for a chain draft of `draft_tokens`
+        `[k]` scored by `logits` `[k + 1, V]`; prefix / drafter_prefix as in `first_token`."""
+        strategy = self.strategy
+        scores = process_scores(self.logits_processor, prefix, draft_tokens, logits)  # [k + 1, V]
+        scores = strategy.verification_scores(scores, draft)
+        draft_probs = None if draft.probs is None else draft.probs[: draft_tokens.numel()]
+        num_accepted, next_token = verifier(draft_tokens, scores, draft_probs)
+        if num_accepted == draft_tokens.numel() > 0:
+            bonus = strategy.bonus_scores(prefix if drafter_prefix is None else drafter_prefix, draft_tokens)
+            if bonus is not None:  # [V]: the bonus row was provisional
+                scores[-1] = bonus
+                next_token = select_token(bonus, self.do_sample)
+        return num_accepted, next_token, scores
+
     def notify(self, drafted: list[int], num_accepted: int, emitted: list[int]) -> None:
         event = StepEvent(tuple(drafted), num_accepted, tuple(emitted))
         for listener in self.strategy.step_listeners:

@@ -59,7 +59,7 @@ def speculative_decode(
                     encoder_kwargs)
     start = time.perf_counter()
     if is_batch(model, input_ids, model_kwargs):  # several rows, or padding: see batch_decoding.py
-        input_ids = batched_decode(run, input_ids, model_kwargs)
+        input_ids = batched_decode(run, input_ids, model_kwargs, verifier)
     else:
         strategy.set_encoder_inputs(encoder_inputs(model, inputs_tensor, model_kwargs))
         strategy.begin(model, input_ids, generation_config, logits_processor)
@@ -96,10 +96,7 @@ def prefill_step(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict
         model_kwargs = {**model_kwargs, "output_hidden_states": True}
     outputs = model._prefill(input_ids, run.generation_config, model_kwargs)
     logits = outputs.logits[:, -1].to(dtype=torch.float32, copy=True)  # [1, V]
-    scores = run.logits_processor(input_ids, logits.clone())  # [1, V]
-    if strategy.drafts_every_position:  # the verifier's scores need the draft's distribution here too
-        scores = strategy.verification_scores(scores, strategy.propose(input_ids, 0))
-    next_token = select_token(scores[0], run.do_sample)
+    scores, next_token = run.first_token(input_ids, logits)
     stats.prefill_time = time.perf_counter() - t0
     stats.target_forwards += 1
     run.record.add(scores, logits)
@@ -124,15 +121,7 @@ def chain_step(run: DecodeRun, input_ids: torch.LongTensor, verifier: Verifier):
 
     verify_ids = torch.cat([input_ids[:, -1:], draft_tokens[None]], dim=-1)  # [1, k + 1]
     logits, hidden = run.forward(verify_ids, past_length=input_ids.shape[1] - 1)  # [k + 1, V], [k + 1, H]
-    scores = process_scores(run.logits_processor, input_ids, draft_tokens, logits)  # [k + 1, V]
-    scores = strategy.verification_scores(scores, draft)
-    draft_probs = None if draft.probs is None else draft.probs[: draft_tokens.numel()]
-    num_accepted, next_token = verifier(draft_tokens, scores, draft_probs)
-    if num_accepted == draft_tokens.numel() > 0:
-        bonus = strategy.bonus_scores(input_ids, draft_tokens)  # [V] or None: the bonus row was provisional
-        if bonus is not None:
-            scores[-1] = bonus
-            next_token = select_token(bonus, run.do_sample)
+    num_accepted, next_token, scores = run.verify_chain(verifier, input_ids, draft, draft_tokens, logits)
     t2 = time.perf_counter()
 
     proposed = draft_tokens[:num_accepted].tolist() + [next_token]

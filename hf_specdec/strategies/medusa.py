@@ -19,7 +19,7 @@ from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..medusa_heads import MedusaHeads
 from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, TreeDraft, build_tree, chain_tree
 from .base import Draft, SpeculativeStrategy
-from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, longest_match
+from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, lookup_draft
 
 TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
 
@@ -136,10 +136,9 @@ class MedusaStrategy(SpeculativeStrategy):
     @torch.no_grad()
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         if self.config.lookup_min_ngram:
-            match = longest_match(input_ids[0], LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram)
-            if match is not None:
-                start = match[1]
-                return Draft(input_ids[0, start : start + max_tokens])
+            found = lookup_draft(self, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
+            if found is not None:
+                return Draft(found[0])
         depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
         if self._hidden is None or depth < 1:
             return Draft.empty(input_ids.device)
