@@ -37,6 +37,11 @@ def full_vocab_copy(heads: hf_specdec.MedusaHeads) -> hf_specdec.MedusaHeads:
     return copy.eval()
 
 
+def heads_strategy(heads, **settings) -> hf_specdec.MedusaStrategy:
+    """MedusaStrategy with the heads alone unless `settings` put prompt lookup in front (the class defaults do)."""
+    return hf_specdec.MedusaStrategy(heads, **{"lookup_min_ngram": 0, "num_speculative_tokens": 4, **settings})
+
+
 def make_methods(heads, hydra=None) -> dict:
     """name -> kwargs factory for generate (a fresh strategy per call keeps prompts independent)."""
     full = full_vocab_copy(heads)
@@ -45,29 +50,29 @@ def make_methods(heads, hydra=None) -> dict:
         "ngram": lambda: {"assistant_model": hf_specdec.NGramStrategy()},
         "ngram-min2": lambda: {"assistant_model": hf_specdec.NGramStrategy(min_ngram_size=2)},
         "transformers-prompt-lookup": CORE_METHODS["transformers-prompt-lookup"],  # Transformers' built-in
-        "medusa-chain-full-vocab": lambda: {"assistant_model": hf_specdec.MedusaStrategy(full, tree=None)},
-        "medusa-tree-full-vocab": lambda: {"assistant_model": hf_specdec.MedusaStrategy(full, tree="default")},
-        "medusa-chain-gated": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree=None,
+        "medusa-chain-full-vocab": lambda: {"assistant_model": heads_strategy(full, tree=None)},
+        "medusa-tree-full-vocab": lambda: {"assistant_model": heads_strategy(full, tree="default")},
+        "medusa-chain-gated": lambda: {"assistant_model": heads_strategy(heads, tree=None,
                                                                                     min_confidence=0.3)},
-        "medusa-tree-gated": lambda: {"assistant_model": hf_specdec.MedusaStrategy(heads, tree="default",
+        "medusa-tree-gated": lambda: {"assistant_model": heads_strategy(heads, tree="default",
                                                                                    min_confidence=0.3)},
     }
     for name, these in (("medusa", heads), ("hydra", hydra)):
         if these is None:
             continue
         methods |= {
-            f"{name}-chain": lambda these=these: {"assistant_model": hf_specdec.MedusaStrategy(these, tree=None)},
-            f"{name}-tree": lambda these=these: {"assistant_model": hf_specdec.MedusaStrategy(these, tree="default")},
-            f"{name}-tree-large": lambda these=these: {"assistant_model": hf_specdec.MedusaStrategy(these,
+            f"{name}-chain": lambda these=these: {"assistant_model": heads_strategy(these, tree=None)},
+            f"{name}-tree": lambda these=these: {"assistant_model": heads_strategy(these, tree="default")},
+            f"{name}-tree-large": lambda these=these: {"assistant_model": heads_strategy(these,
                                                                                                    tree="large")},
-            f"{name}-tree-dynamic": lambda these=these: {"assistant_model": hf_specdec.MedusaStrategy(
+            f"{name}-tree-dynamic": lambda these=these: {"assistant_model": heads_strategy(
                 these, tree="dynamic")},
-            f"{name}-tree-dynamic-32": lambda these=these: {"assistant_model": hf_specdec.MedusaStrategy(
+            f"{name}-tree-dynamic-32": lambda these=these: {"assistant_model": heads_strategy(
                 these, tree="dynamic", tree_nodes=32, tree_width=10)},
             # Prompt lookup first (matches of 2-4 tokens, up to 10 drafted), the heads on steps without a match.
-            f"{name}-chain+lookup": lambda these=these: {"assistant_model": hf_specdec.MedusaStrategy(
+            f"{name}-chain+lookup": lambda these=these: {"assistant_model": heads_strategy(
                 these, tree=None, lookup_min_ngram=2, num_speculative_tokens=10)},
-            f"{name}-tree+lookup": lambda these=these: {"assistant_model": hf_specdec.MedusaStrategy(
+            f"{name}-tree+lookup": lambda these=these: {"assistant_model": heads_strategy(
                 these, tree="default", lookup_min_ngram=2, num_speculative_tokens=10)},
         }
     return methods

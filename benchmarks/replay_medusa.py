@@ -46,12 +46,13 @@ def accepted_depth(draft: Draft, expected: list[int]) -> int:
 
 def tree_settings(name: str) -> dict:
     """MedusaConfig settings for a --trees entry."""
+    alone = {"lookup_min_ngram": 0, "num_speculative_tokens": 4}  # the heads alone, each head once
     if name == "chain":
-        return {"tree": None}
+        return {"tree": None, **alone}
     if name.startswith("dynamic:"):  # dynamic:N or dynamic:N:WIDTH
         numbers = [int(n) for n in name.split(":")[1:]]
-        return dict(zip(("tree_nodes", "tree_width"), numbers), tree="dynamic")
-    return {"tree": json.loads(name) if name.startswith("[") else name}
+        return dict(zip(("tree_nodes", "tree_width"), numbers), tree="dynamic", **alone)
+    return {"tree": json.loads(name) if name.startswith("[") else name, **alone}
 
 
 @torch.no_grad()

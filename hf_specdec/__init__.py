@@ -6,6 +6,7 @@ Importing the package installs the generate hook (see `hf_specdec.hook`); plain 
 from . import hook
 from .auto import AutoStrategy
 from .config import StrategyConfig
+from .eagle_drafter import EagleDrafter, EagleDrafterConfig
 from .medusa_heads import MedusaHeads, MedusaHeadsConfig
 from .mixture import sample_geometric_mixture
 from .mixture_math import GeometricMixture
@@ -15,6 +16,8 @@ from .strategies import (
     Draft,
     DraftModelConfig,
     DraftModelStrategy,
+    EagleConfig,
+    EagleStrategy,
     MedusaConfig,
     MedusaStrategy,
     NASDConfig,
@@ -35,6 +38,10 @@ __all__ = [
     "Draft",
     "DraftModelConfig",
     "DraftModelStrategy",
+    "EagleConfig",
+    "EagleDrafter",
+    "EagleDrafterConfig",
+    "EagleStrategy",
     "GenerationStats",
     "GeometricMixture",
     "MedusaConfig",

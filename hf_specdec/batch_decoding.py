@@ -223,12 +223,13 @@ def prefill(run: DecodeRun, rows: list[Row], input_ids, model_kwargs) -> torch.B
     outputs = run.model._prefill(input_ids, run.generation_config,
                                  {**model_kwargs, "output_hidden_states": True} if hidden_wanted else model_kwargs)
     logits = outputs.logits[:, -1].float()  # [B, V]
-    hidden = last_hidden_states(run.model, outputs)[:, -1:] if hidden_wanted else None  # [B, 1, H]
+    hidden = last_hidden_states(run.model, outputs) if hidden_wanted else None  # [B, L, H]
     for b, row in enumerate(rows):
         strategy = row.run.strategy
         scores, token = row.run.first_token(row.view, logits[b : b + 1], row.tokens)
         row.view, row.finished = row.run.emit(row.view, [token])
-        strategy.observe(row.tokens, Draft.empty(), 0, scores, None, None if hidden is None else hidden[b])
+        strategy.observe(row.tokens, Draft.empty(), 0, scores, None,
+                         None if hidden is None else hidden[b, row.padding:])  # the real prompt's rows
         row.stats.target_forwards += 1
     seconds = time.perf_counter() - start
     for row in rows:

@@ -1,7 +1,7 @@
 """hf-specdec: chat with speculative decoding, generate once, or run the evaluation suite.
 
     hf-specdec chat [--model DIR] [--draft DIR] [--device cpu|cuda]     # the REPL (see /help inside)
-    hf-specdec generate "prompt" [--strategy ngram|nasd|draft_model|egag|medusa|target|drafter] [--json]
+    hf-specdec generate "prompt" [--strategy ngram|nasd|draft_model|egag|medusa|eagle|target|drafter] [--json]
     hf-specdec demo [--code 3] [--prose 3] [--png demo.png]              # a few prompts: speedup table + PNG
     hf-specdec eval ...                                                  # forwarded to hf_specdec.eval.main
 
@@ -19,7 +19,7 @@ from rich.console import Console
 
 from .session import DRAFTERS, PROCESSORS, ChatSettings, check_drafter
 
-STRATEGY_CHOICES = ("ngram", "nasd", "draft_model", "egag", "medusa", "target", "drafter")
+STRATEGY_CHOICES = ("ngram", "nasd", "draft_model", "egag", "medusa", "eagle", "target", "drafter")
 
 
 def _positive_int(text: str) -> int:
@@ -38,6 +38,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                                                       "/drafter).")
     group.add_argument("--medusa", metavar="DIR", help="Medusa heads folder (default: heads/medusa-smollm2-135m "
                                                        "if it exists).")
+    group.add_argument("--eagle", metavar="DIR", help="EAGLE drafter folder (default: heads/eagle-smollm2-135m "
+                                                      "if it exists).")
     group.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available).")
     group.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="auto: float32 on CPU, bfloat16 on GPU.")
@@ -101,7 +103,8 @@ def _load(args: argparse.Namespace):
     from .cli_models import load_bundle
 
     return load_bundle(args.model, args.draft, args.medusa, args.device, args.dtype,
-                       cpu_fast_path=not args.no_cpu_fast_path, chat_template=not args.no_chat_template)
+                       cpu_fast_path=not args.no_cpu_fast_path, chat_template=not args.no_chat_template,
+                       eagle=args.eagle)
 
 
 def _console(args: argparse.Namespace, file) -> Console:

@@ -20,6 +20,9 @@ TINY_RANDOM_ENV = "HF_SPECDEC_TINY_RANDOM"
 DEFAULT_MEDUSA_DIR = Path("heads") / "medusa-smollm2-135m"  # trained heads committed with the repo
 MEDUSA_HINT = ("Medusa heads are not available{why}. Train them with the Medusa recipe "
                "(recipes/train_medusa.py), then start the CLI with --medusa DIR.")
+DEFAULT_EAGLE_DIR = Path("heads") / "eagle-smollm2-135m"  # trained EAGLE drafter committed with the repo
+EAGLE_HINT = ("An EAGLE drafter is not available{why}. Train one with recipes/train_eagle.py, then start the CLI "
+              "with --eagle DIR.")
 
 
 @dataclass
@@ -33,6 +36,7 @@ class ModelBundle:
     chat_template: bool = True  # wrap user text in the tokenizer's chat template when it has one
     target_name: str = "SmolLM2-135M-Instruct"
     draft_name: str | None = None
+    eagle_dir: Path | None = None
 
     def encode(self, text: str) -> torch.LongTensor:
         """The prompt ids `[1, n]` for one user message, on the target's device."""
@@ -88,7 +92,7 @@ def load_draft_for(name: str, target: PreTrainedModel, device: torch.device, dty
 
 
 def load_bundle(model: str | None, draft: str | None, medusa: str | None, device: str = "auto", dtype: str = "auto",
-                cpu_fast_path: bool = True, chat_template: bool = True) -> ModelBundle:
+                cpu_fast_path: bool = True, chat_template: bool = True, eagle: str | None = None) -> ModelBundle:
     """Loads the target (default: the packaged SmolLM2-135M-Instruct), its tokenizer and the optional draft."""
     if model is None and os.environ.get(TINY_RANDOM_ENV) == "1":
         model = TINY_RANDOM
@@ -110,18 +114,20 @@ def load_bundle(model: str | None, draft: str | None, medusa: str | None, device
         for m in (target, draft_model):
             if m is not None:
                 optimize_for_cpu(m)
-    return ModelBundle(target, tokenizer, draft_model, resolve_medusa_dir(medusa), chat_template, target_name, draft)
+    tiny = model == TINY_RANDOM  # the committed heads and drafter fit the real target only
+    return ModelBundle(target, tokenizer, draft_model, resolve_folder_option("medusa", medusa, DEFAULT_MEDUSA_DIR, tiny),
+                       chat_template, target_name, draft, resolve_folder_option("eagle", eagle, DEFAULT_EAGLE_DIR, tiny))
 
 
-def resolve_medusa_dir(medusa: str | None) -> Path | None:
-    """`--medusa DIR`, else `heads/medusa-smollm2-135m` (under the working directory or the source tree) if
-    it exists."""
-    if medusa is not None:
-        path = Path(medusa)
+def resolve_folder_option(option: str, value: str | None, committed: Path, tiny: bool = False) -> Path | None:
+    """`--medusa DIR` / `--eagle DIR`, else the committed folder (under the working directory or the source tree)
+    if it exists and the target is not the tiny random one."""
+    if value is not None:
+        path = Path(value)
         if not path.is_dir():
-            raise ValueError(f"--medusa {medusa!r} is not a folder; pass the folder the Medusa heads were saved to.")
+            raise ValueError(f"--{option} {value!r} is not a folder; pass the folder it was saved to.")
         return path
-    return find_committed(DEFAULT_MEDUSA_DIR)
+    return None if tiny else find_committed(committed)
 
 
 def find_committed(relative: Path) -> Path | None:

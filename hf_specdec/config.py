@@ -57,6 +57,13 @@ class StrategyConfig:
     )
     typical_posterior_threshold: float = field(default=0.09, metadata={"help": "typical acceptance: epsilon."})
     typical_posterior_alpha: float = field(default=0.3, metadata={"help": "typical acceptance: delta (scales exp(-H))."})
+    cpu_kernels: str = field(
+        default="auto",
+        metadata={"help": "'auto': a float32 target on the CPU runs our loop with hf_specdec's skinny-matmul kernels "
+                          "(as optimize_for_cpu gives; a multi-token verify then costs about one decode step), where "
+                          "two more copies of its linear weights fit in half the available memory; the model's own "
+                          "generate calls keep PyTorch's kernels. 'off': our loop uses the model as it is."},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_speculative_tokens, int) or self.num_speculative_tokens < 1:
@@ -67,6 +74,8 @@ class StrategyConfig:
             raise ValueError(f"Need 1 <= gamma_min <= gamma_max, got gamma_min={self.gamma_min}, gamma_max={self.gamma_max}.")
         if not 0.0 < self.ema_alpha <= 1.0:
             raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}.")
+        if self.cpu_kernels not in ("auto", "off"):
+            raise ValueError(f"cpu_kernels must be 'auto' or 'off', got {self.cpu_kernels!r}.")
         if self.verification not in VERIFICATIONS:
             raise ValueError(f"verification must be one of {VERIFICATIONS}, got {self.verification!r}.")
 

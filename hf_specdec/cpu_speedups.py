@@ -19,13 +19,17 @@ goes through `F.linear` unchanged. The price is memory: up to two extra copies o
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CpuLinear", "is_cpu_optimized", "optimize_for_cpu", "restore_cpu_defaults"]
+__all__ = ["CpuLinear", "fast_kernels_for_call", "is_cpu_optimized", "optimize_for_cpu", "restore_cpu_defaults",
+           "should_use_fast_kernels"]
 
 # Rows at and above which oneDNN beats `x @ Wt` (measured on SmolLM2-135M, 2 threads).
 ONEDNN_MIN_ROWS = 2
@@ -108,12 +112,68 @@ def optimize_for_cpu(model: nn.Module) -> nn.Module:
 
 
 def restore_cpu_defaults(model: nn.Module) -> nn.Module:
-    """Turn every `CpuLinear` in `model` back into a plain `nn.Linear` (frees the derived weights); in place."""
+    """Turn every `CpuLinear` in `model` back into a plain `nn.Linear` (frees the derived weights, also those kept
+    by `fast_kernels_for_call`); in place."""
     for module in model.modules():
         if isinstance(module, CpuLinear):
             module.__class__ = nn.Linear
             del module._fast_weights
+        _KEPT.pop(module, None)
     return model
+
+
+# Derived weights of layers `fast_kernels_for_call` switched back, kept for their next call (dropped with the layer).
+_KEPT: weakref.WeakKeyDictionary[nn.Module, dict[str, Any] | None] = weakref.WeakKeyDictionary()
+
+# The derived weights take up to two more copies of every linear weight; use them only while that stays under this
+# share of the memory the system has available.
+FAST_KERNEL_MEMORY_SHARE = 0.5
+
+
+def should_use_fast_kernels(model: nn.Module) -> bool:
+    """The rule for `fast_kernels_for_call`: every parameter on the CPU in float32, some `nn.Linear` not yet
+    optimized, and two copies of the linear weights fit in half of the memory available now (MemAvailable in
+    /proc/meminfo; where that cannot be read, no)."""
+    parameters = list(model.parameters())
+    if not parameters or any(not p.is_cpu or p.dtype != torch.float32 for p in parameters):
+        return False
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    if not linears:
+        return False
+    needed = sum(2 * m.weight.numel() * m.weight.element_size() for m in linears
+                 if _KEPT.get(m) is None)  # already derived ones cost nothing more
+    available = _available_memory()
+    return available is not None and needed <= FAST_KERNEL_MEMORY_SHARE * available
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def fast_kernels_for_call(*models: nn.Module, enabled: bool = True) -> Iterator[bool]:
+    """While the block runs, the plain `nn.Linear` layers of each model that passes `should_use_fast_kernels`
+    multiply with `CpuLinear`'s kernels (when `enabled`); afterwards they are plain `nn.Linear` again, so the user's
+    own `generate` calls keep PyTorch's kernels. The derived weights stay on the layers between calls (no rebuild per
+    call; `restore_cpu_defaults` frees them). Yields whether any kernels were switched on."""
+    chosen = [model for model in models if enabled and should_use_fast_kernels(model)]
+    switched = [m for model in chosen for m in model.modules() if type(m) is nn.Linear]
+    for module in switched:
+        module.__class__ = CpuLinear
+        module._fast_weights = _KEPT.pop(module, None)
+    try:
+        yield bool(switched)
+    finally:
+        for module in switched:
+            module.__class__ = nn.Linear
+            _KEPT[module] = module.__dict__.pop("_fast_weights")  # the layer itself stays a plain nn.Linear
 
 
 def is_cpu_optimized(model: nn.Module) -> bool:

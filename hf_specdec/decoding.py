@@ -22,6 +22,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .batch_decoding import batched_decode
 from .compat import CACHE_KWARG
+from .cpu_speedups import fast_kernels_for_call
 from .decode_run import (ENCODER_KWARGS, DecodeRun, Verifier, last_hidden_states, make_verifier, process_scores,
                          select_token)
 from .strategies.base import Draft, SpeculativeStrategy
@@ -58,17 +59,18 @@ def speculative_decode(
     run = DecodeRun(model, strategy, cache, logits_processor, stopping_criteria, generation_config, streamer,
                     encoder_kwargs)
     start = time.perf_counter()
-    if is_batch(model, input_ids, model_kwargs):  # several rows, or padding: see batch_decoding.py
-        input_ids = batched_decode(run, input_ids, model_kwargs, verifier)
-    else:
-        strategy.set_encoder_inputs(encoder_inputs(model, inputs_tensor, model_kwargs))
-        strategy.begin(model, input_ids, generation_config, logits_processor)
-        try:
-            input_ids, finished = prefill_step(run, input_ids, model_kwargs)
-            while not finished:
-                input_ids, finished = chain_step(run, input_ids, verifier)
-        finally:
-            strategy.end()
+    with fast_kernels_for_call(model, *strategy.models(), enabled=strategy.config.cpu_kernels == "auto"):
+        if is_batch(model, input_ids, model_kwargs):  # several rows, or padding: see batch_decoding.py
+            input_ids = batched_decode(run, input_ids, model_kwargs, verifier)
+        else:
+            strategy.set_encoder_inputs(encoder_inputs(model, inputs_tensor, model_kwargs))
+            strategy.begin(model, input_ids, generation_config, logits_processor)
+            try:
+                input_ids, finished = prefill_step(run, input_ids, model_kwargs)
+                while not finished:
+                    input_ids, finished = chain_step(run, input_ids, verifier)
+            finally:
+                strategy.end()
     run.stats.total_time = time.perf_counter() - start
     strategy.finish_stats(run.stats)
     strategy.last_stats = run.stats
@@ -101,7 +103,8 @@ def prefill_step(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict
     stats.target_forwards += 1
     run.record.add(scores, logits)
     new_input_ids, finished = run.emit(input_ids, [next_token])
-    hidden = last_hidden_states(model, outputs)[0, -1:] if strategy.needs_hidden_states else None  # [1, H]
+    # Every prompt position's state (row i produced token i + 1): Medusa reads the last, EAGLE all of them.
+    hidden = last_hidden_states(model, outputs)[0] if strategy.needs_hidden_states else None  # [P, H]
     strategy.observe(new_input_ids, Draft.empty(), 0, scores, None, hidden)
     return new_input_ids, finished
 

@@ -17,7 +17,6 @@ Only the trained weights are saved (`config.json` + `model.safetensors`), like a
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from torch import nn
 
 from .config import push_folder_to_hub, reject_unknown_keys
 from .cpu_speedups import CpuLinear, optimize_for_cpu
-from .tree import TokenTree, build_tree
+from .tree import TokenTree, grow_dynamic_tree
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -280,28 +279,10 @@ class MedusaHeads(nn.Module):
     @torch.no_grad()
     def draft_dynamic_tree(self, hidden_state: torch.Tensor, last_token: int, depth: int, num_nodes: int,
                            width: int) -> tuple[TokenTree, torch.LongTensor, torch.Tensor]:
-        """A tree shaped by this step's own head probabilities (as EAGLE-2 does), instead of a fixed shape.
-
-        Depth by depth, the `width` most probable nodes (path probability: the product of the heads' probabilities
-        along the path) each get their head's top-`width` tokens as children; then the `num_nodes` most probable
-        nodes of all are kept. A child is never more probable than its parent, so the kept nodes form a tree.
-        Returns (tree, tokens `[N]`, each node's own head probability `[N]`).
-        """
-        top_children = self._top_children(hidden_state, last_token, depth, width)
-        # A node: (its tokens from depth 1, its ranks = its path in the tree, path probability, own probability).
-        frontier: list[tuple[tuple[int, ...], tuple[int, ...], float, float]] = [((), (), 1.0, 1.0)]
-        nodes: dict[tuple[int, ...], tuple[int, float, float]] = {}  # ranks -> token, own prob, path prob
-        for k in range(depth):
-            top_tokens, top_probs = top_children(k, [node[0] for node in frontier])
-            grown = [((*tokens, token), (*ranks, rank), path_prob * prob, prob)
-                     for (tokens, ranks, path_prob, _), row_tokens, row_probs in zip(frontier, top_tokens, top_probs)
-                     for rank, (token, prob) in enumerate(zip(row_tokens, row_probs))]
-            nodes |= {ranks: (tokens[-1], prob, path_prob) for tokens, ranks, path_prob, prob in grown}
-            frontier = heapq.nlargest(width, grown, key=lambda node: node[2])
-        kept = sorted(nodes, key=lambda ranks: (-nodes[ranks][2], len(ranks)))[:num_nodes]  # parents sort first
-        tree = build_tree(kept)
-        return (tree, torch.tensor([nodes[path][0] for path in tree.paths]),
-                torch.tensor([nodes[path][1] for path in tree.paths]))
+        """A tree shaped by this step's own head probabilities (EAGLE-2's `tree.grow_dynamic_tree`), instead of a
+        fixed shape. Returns (tree, tokens `[N]`, each node's own head probability `[N]`)."""
+        return grow_dynamic_tree(self._top_children(hidden_state, last_token, depth, width), depth, num_nodes,
+                                 width)
 
     def _top_children(self, hidden_state: torch.Tensor, last_token: int, depth: int, width: int):
         """`top_children(k, paths)`: head k's (0-based) top-`width` tokens and probabilities after each token path

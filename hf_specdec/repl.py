@@ -19,7 +19,8 @@ from rich.text import Text
 
 from .cli_models import ModelBundle
 from .live_view import LiveView, RunSummary, legend, summary_line
-from .session import PROCESSORS, ChatSettings, StrategyCache, medusa_available, run_generation, settings_rows
+from .session import (PROCESSORS, ChatSettings, StrategyCache, learned_drafter_unavailable, run_generation,
+                      settings_rows)
 
 PROMPT = ">>> "
 
@@ -96,7 +97,7 @@ def _select_drafter(drafter: str) -> Callable[[Repl, ChatSettings, list[str]], s
         _no_args(drafter, args)
         if drafter == "draft_model" and repl.bundle.draft is None:
             raise CommandError("No draft model: start the CLI with --draft DIR.")
-        if drafter == "medusa" and (reason := medusa_available(repl.bundle)):
+        if reason := learned_drafter_unavailable(drafter, repl.bundle):
             raise CommandError(reason)
         note = ""
         if drafter != "draft_model" and s.egag:
@@ -207,8 +208,9 @@ def _show(repl: Repl, s: ChatSettings, args: list[str]) -> None:
     for row in settings_rows(s):
         table.add_row(*row)
     repl.console.print(table)
-    models = f"target: {repl.bundle.target_name}; draft: {repl.bundle.draft_name or 'none'}; medusa heads: "
-    repl.console.print(models + str(repl.bundle.medusa_dir or "none"), highlight=False)
+    bundle = repl.bundle
+    repl.console.print(f"target: {bundle.target_name}; draft: {bundle.draft_name or 'none'}; medusa heads: "
+                       f"{bundle.medusa_dir or 'none'}; eagle drafter: {bundle.eagle_dir or 'none'}", highlight=False)
 
 
 def _stats(repl: Repl, s: ChatSettings, args: list[str]) -> str | None:
@@ -263,6 +265,8 @@ def _commands() -> dict[str, Command]:
         ("nasd", "/nasd", "Draft from NASD's n-gram store fed with the target's top-k.", _select_drafter("nasd")),
         ("draft_model", "/draft_model", "Draft with the draft model (needs --draft).", _select_drafter("draft_model")),
         ("medusa", "/medusa", "Draft with Medusa heads (needs trained heads, --medusa DIR).", _select_drafter("medusa")),
+        ("eagle", "/eagle", "Draft with the EAGLE drafter (needs a trained drafter, --eagle DIR).",
+         _select_drafter("eagle")),
         ("length", "/length N", "Generate at most N new tokens per reply.", _set_int("max_new_tokens", "length")),
         ("gamma", "/gamma N|default", "Draft length K (num_speculative_tokens).", _gamma),
         ("egag", "/egag", "Toggle entropy-guided adaptive gamma (draft model only).", _egag),

@@ -9,11 +9,11 @@ from typing import Any
 
 import hf_specdec
 
-from .cli_models import MEDUSA_HINT, ModelBundle
+from .cli_models import EAGLE_HINT, MEDUSA_HINT, ModelBundle
 from .live_view import LiveView, RunSummary
 from .strategies import DraftModelStrategy, NASDStrategy, NGramStrategy, SpeculativeStrategy
 
-DRAFTERS = ("ngram", "nasd", "draft_model", "medusa")
+DRAFTERS = ("ngram", "nasd", "draft_model", "medusa", "eagle")
 PROCESSORS = ("greedy", "multinomial", "topk", "nucleus", "topknucleus")
 MODES = ("target", "speculative", "drafter")  # the order a prompt runs them in
 
@@ -75,12 +75,24 @@ def medusa_available(bundle: ModelBundle) -> str | None:
     return None
 
 
+def eagle_available(bundle: ModelBundle) -> str | None:
+    """None when the EAGLE drafter can be used, else the reason (with how to get one)."""
+    if bundle.eagle_dir is None:
+        return EAGLE_HINT.format(why=" (no drafter folder: heads/eagle-smollm2-135m does not exist)")
+    return None
+
+
+def learned_drafter_unavailable(drafter: str, bundle: ModelBundle) -> str | None:
+    """Why the heads or drafter `drafter` needs are missing, or None (also None for drafters that need neither)."""
+    return {"medusa": medusa_available, "eagle": eagle_available}.get(drafter, lambda _: None)(bundle)
+
+
 def check_drafter(settings: ChatSettings, bundle: ModelBundle) -> None:
     """Raises ValueError (saying what to pass) when the chosen drafter or mode cannot run with these models."""
     needs_draft = settings.run_drafter or (settings.run_speculative and settings.drafter == "draft_model")
     if needs_draft and bundle.draft is None:
         raise ValueError("the draft model is needed (draft_model / egag / drafter): pass --draft DIR.")
-    if settings.run_speculative and settings.drafter == "medusa" and (reason := medusa_available(bundle)):
+    if settings.run_speculative and (reason := learned_drafter_unavailable(settings.drafter, bundle)):
         raise ValueError(reason)
 
 
@@ -99,9 +111,12 @@ def build_strategy(settings: ChatSettings, bundle: ModelBundle) -> SpeculativeSt
             common.update(schedule="entropy", gamma_min=settings.egag_gamma_min, gamma_max=settings.egag_gamma_max,
                           ema_alpha=settings.egag_ema)
         return DraftModelStrategy(bundle.draft, **common)
-    reason = medusa_available(bundle)
+    reason = learned_drafter_unavailable(settings.drafter, bundle)
     if reason:
         raise ValueError(reason)
+    if settings.drafter == "eagle":
+        drafter = hf_specdec.EagleDrafter.from_pretrained(bundle.eagle_dir).to(device=bundle.target.device)
+        return hf_specdec.EagleStrategy(drafter, **common)
     heads = hf_specdec.MedusaHeads.from_pretrained(bundle.medusa_dir).to(device=bundle.target.device,
                                                                        dtype=bundle.target.dtype)
     return hf_specdec.MedusaStrategy(heads, **common)

@@ -118,6 +118,32 @@ def paths_from_accuracy(accuracy: Sequence[Sequence[float]], num_nodes: int) -> 
     return chosen
 
 
+def grow_dynamic_tree(top_children, depth: int, num_nodes: int, width: int,
+                      ) -> tuple[TokenTree, torch.LongTensor, torch.Tensor]:
+    """A tree shaped by this step's own draft probabilities (EAGLE-2), for any drafter.
+
+    `top_children(k, paths)` gives, for each token path of length k (the drafted tokens from depth 1; `[()]` at
+    k = 0), the drafter's top-`width` next tokens and their probabilities as two `[P, width]` lists. Depth by depth,
+    the `width` most probable nodes (path probability: the product along the path) are expanded; then the
+    `num_nodes` most probable nodes of all are kept. A child is never more probable than its parent, so the kept
+    nodes form a tree. Returns (tree, tokens `[N]`, each node's own probability `[N]`).
+    """
+    # A node: (its tokens from depth 1, its ranks = its path in the tree, path probability, own probability).
+    frontier: list[tuple[tuple[int, ...], tuple[int, ...], float, float]] = [((), (), 1.0, 1.0)]
+    nodes: dict[tuple[int, ...], tuple[int, float, float]] = {}  # ranks -> token, own prob, path prob
+    for k in range(depth):
+        top_tokens, top_probs = top_children(k, [node[0] for node in frontier])
+        grown = [((*tokens, token), (*ranks, rank), path_prob * prob, prob)
+                 for (tokens, ranks, path_prob, _), row_tokens, row_probs in zip(frontier, top_tokens, top_probs)
+                 for rank, (token, prob) in enumerate(zip(row_tokens, row_probs))]
+        nodes |= {ranks: (tokens[-1], prob, path_prob) for tokens, ranks, path_prob, prob in grown}
+        frontier = heapq.nlargest(width, grown, key=lambda node: node[2])
+    kept = sorted(nodes, key=lambda ranks: (-nodes[ranks][2], len(ranks)))[:num_nodes]  # parents sort first
+    tree = build_tree(kept)
+    return (tree, torch.tensor([nodes[path][0] for path in tree.paths]),
+            torch.tensor([nodes[path][1] for path in tree.paths]))
+
+
 def chain_tree(length: int) -> TokenTree:
     """A single chain of top-1 tokens, `length` deep."""
     return build_tree([(0,) * length])

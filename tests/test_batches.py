@@ -49,11 +49,20 @@ def strategies(model) -> dict:
         "draft_model": lambda: draft_strategy(make_llama(layers=1, seed=1)),
         "draft_model_lookup": lambda: draft_strategy(make_llama(layers=1, seed=1), lookup_min_ngram=2),
         "medusa_chain": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree=None, skip_unprofitable_drafts=False),
-        "medusa_tree": lambda: hf_specdec.MedusaStrategy(heads_for(model), skip_unprofitable_drafts=False),
+        "medusa_tree": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree="default", lookup_min_ngram=0,
+                                                          skip_unprofitable_drafts=False),
         "hydra_dynamic": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree="dynamic", tree_nodes=6,
                                                            skip_unprofitable_drafts=False),
         "hydra_gated": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree="dynamic", tree_nodes=6),
+        "eagle_chain": lambda: hf_specdec.EagleStrategy(drafter_for(model), tree=None, skip_unprofitable_drafts=False),
+        "eagle_tree": lambda: hf_specdec.EagleStrategy(drafter_for(model), tree_nodes=6, tree_width=2,
+                                                       skip_unprofitable_drafts=False),
     }
+
+
+def drafter_for(model) -> hf_specdec.EagleDrafter:
+    torch.manual_seed(3)
+    return hf_specdec.EagleDrafter(hf_specdec.EagleDrafterConfig.for_target(model.config))
 
 
 def tiny_qwen2():
@@ -90,7 +99,8 @@ def assert_rows_equal(model, plain: torch.LongTensor, ours: torch.LongTensor, id
 
 
 @pytest.mark.parametrize("name", ["ngram", "ngram_defaults", "nasd", "draft_model", "draft_model_lookup",
-                                  "medusa_chain", "medusa_tree", "hydra_dynamic", "hydra_gated"])
+                                  "medusa_chain", "medusa_tree", "hydra_dynamic", "hydra_gated", "eagle_chain",
+                                  "eagle_tree"])
 def test_greedy_rows_equal_plain_batched_generate(target, name):
     make = strategies(target)[name]
     drafted = 0

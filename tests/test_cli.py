@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bundle():
-    # medusa_dir=None even where trained heads exist in artifacts/: they do not fit the tiny model
-    return dataclasses.replace(load_bundle(TINY_RANDOM, TINY_RANDOM, None, device="cpu"), medusa_dir=None)
+    # no heads or drafter folder even where the committed ones exist: they do not fit the tiny model
+    return load_bundle(TINY_RANDOM, TINY_RANDOM, None, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def bundle_no_draft():
-    return dataclasses.replace(load_bundle(TINY_RANDOM, None, None, device="cpu"), medusa_dir=None)
+    return load_bundle(TINY_RANDOM, None, None, device="cpu")
 
 
 def make_repl(bundle, lines: str = "", terminal: bool = False, **settings) -> tuple[Repl, io.StringIO]:
@@ -84,7 +84,7 @@ GOOD = [  # (setup lines, command, expected settings changes)
 
 def test_good_commands_cover_every_command():
     tested = {line.split()[0][1:] for _, line, _ in GOOD}
-    assert tested >= set(COMMANDS) - {"medusa"}  # /medusa: see test_medusa_unavailable
+    assert tested >= set(COMMANDS) - {"medusa", "eagle"}  # see test_medusa_when_available, test_eagle_when_available
 
 
 @pytest.mark.parametrize("setup, line, changes", GOOD, ids=[line for _, line, _ in GOOD])
@@ -330,6 +330,20 @@ def test_pty_session_streams_coloured_tokens():
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_eagle_when_available(bundle, tmp_path):
+    import hf_specdec
+
+    assert bundle.eagle_dir is None and bundle.medusa_dir is None  # the committed ones do not fit the tiny model
+    repl, out = make_repl(bundle)
+    assert not repl.run_command("/eagle") and "recipes/train_eagle.py" in out.getvalue()
+    torch.manual_seed(0)
+    hf_specdec.EagleDrafter(hf_specdec.EagleDrafterConfig.for_target(bundle.target.config)).save_pretrained(tmp_path)
+    repl, out = make_repl(dataclasses.replace(bundle, eagle_dir=tmp_path))
+    assert repl.run_command("/eagle") and repl.settings.drafter == "eagle"
+    repl.handle_line("abc abc abc")
+    assert not repl.errors and isinstance(repl.strategies.get(repl.settings, repl.bundle), hf_specdec.EagleStrategy)
 
 
 def test_medusa_when_available(bundle, monkeypatch, tmp_path):

@@ -7,8 +7,12 @@ import torch
 from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+import hf_specdec
+from conftest import make_llama, repetitive_prompt
+from hf_specdec import cpu_speedups
 from hf_specdec.compat import CACHE_KWARG
-from hf_specdec.cpu_speedups import CpuLinear, is_cpu_optimized, optimize_for_cpu, restore_cpu_defaults
+from hf_specdec.cpu_speedups import (CpuLinear, is_cpu_optimized, optimize_for_cpu, restore_cpu_defaults,
+                                     should_use_fast_kernels)
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -89,3 +93,41 @@ def test_deepcopy_of_optimized_model_works():
     clone = copy.deepcopy(model)
     assert clone.lm_head.weight is clone.model.embed_tokens.weight
     torch.testing.assert_close(cached_logits(clone, prompt, new), cached_logits(model, prompt, new), atol=0, rtol=0)
+
+
+def test_our_loop_uses_the_fast_kernels_for_the_call_only(monkeypatch):
+    """cpu_kernels='auto' (the default): the target multiplies with CpuLinear inside our loop, and is plain
+    nn.Linear again afterwards, so the user's own generate calls keep PyTorch's kernels; 'off' leaves it alone."""
+    model = make_llama()
+    seen = []
+    strategy = hf_specdec.NGramStrategy()
+    strategy.step_listeners.append(lambda event: seen.append(is_cpu_optimized(model)))
+    prompt = repetitive_prompt(0)
+    plain = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert torch.equal(model.generate(prompt, max_new_tokens=12, do_sample=False, assistant_model=strategy), plain)
+    assert seen and all(seen)
+    assert not is_cpu_optimized(model) and all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+    assert cpu_speedups._KEPT.get(model.lm_head) is not None  # kept for the next call: no rebuild
+    copy.deepcopy(model)  # the layers carry nothing a copy cannot take
+
+    seen.clear()
+    strategy = hf_specdec.NGramStrategy(cpu_kernels="off")
+    strategy.step_listeners.append(lambda event: seen.append(is_cpu_optimized(model)))
+    model.generate(prompt, max_new_tokens=12, do_sample=False, assistant_model=strategy)
+    assert seen and not any(seen)
+    restore_cpu_defaults(model)
+    assert model.lm_head not in cpu_speedups._KEPT
+
+
+def test_fast_kernel_rule_memory_dtype_and_device(monkeypatch):
+    model = make_llama()
+    assert should_use_fast_kernels(model)
+    monkeypatch.setattr(cpu_speedups, "_available_memory", lambda: None)  # unknown memory: no
+    assert not should_use_fast_kernels(model)
+    monkeypatch.setattr(cpu_speedups, "_available_memory", lambda: 1000)  # too little
+    assert not should_use_fast_kernels(model)
+    monkeypatch.undo()
+    assert not should_use_fast_kernels(make_llama().to(torch.bfloat16))  # the kernels are float32 only
+    assert not should_use_fast_kernels(optimize_for_cpu(make_llama()))  # nothing left to switch
+    with pytest.raises(ValueError, match="cpu_kernels"):
+        hf_specdec.NGramStrategy(cpu_kernels="always")

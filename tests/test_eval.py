@@ -186,8 +186,8 @@ def test_recipe_errors_are_clear(tmp_path):
         config_from_dict({**base, "modle": "x"})
     with pytest.raises(ValueError, match="type 'plain'"):
         config_from_dict({**base, "methods": [{"name": "ngram", "type": "ngram"}]})
-    config = config_from_dict({**base, "methods": base["methods"] + [{"name": "x", "type": "eagle"}]})
-    with pytest.raises(ValueError, match="unknown type 'eagle'"):
+    config = config_from_dict({**base, "methods": base["methods"] + [{"name": "x", "type": "lookahead"}]})
+    with pytest.raises(ValueError, match="unknown type 'lookahead'"):
         skip_reason(config.methods[1], config)
     config = config_from_dict({**base, "methods": base["methods"] + [{"name": "e", "type": "draft_model",
                                                                       "schedule": "entropy"}]})

@@ -190,7 +190,7 @@ def test_config_validation_and_labels():
 def test_strategy_rejects_mismatched_heads(tiny_llama):
     heads = MedusaHeads(MedusaHeadsConfig(hidden_size=16, vocab_size=97))
     with pytest.raises(ValueError, match="hidden_size=16"):
-        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=3, assistant_model=hf_specdec.MedusaStrategy(heads))
+        tiny_llama.generate(repetitive_prompt(0), max_new_tokens=3, assistant_model=hf_specdec.MedusaStrategy(heads, tree="default", lookup_min_ngram=0, num_speculative_tokens=4))
     with pytest.raises(ValueError, match="Unknown tree"):
         hf_specdec.MedusaStrategy(heads, tree="huge")
     with pytest.raises(TypeError, match="MedusaHeads"):
@@ -256,7 +256,7 @@ def test_prompt_lookup_first_keeps_greedy_output(tiny_llama, plain_outputs, tree
 
 def test_min_confidence_one_never_drafts(tiny_llama, plain_outputs):
     for tree in (None, "default"):
-        strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama), tree=tree, min_confidence=1.0)
+        strategy = hf_specdec.MedusaStrategy(make_heads(tiny_llama), tree=tree, min_confidence=1.0, lookup_min_ngram=0)
         actual = tiny_llama.generate(repetitive_prompt(0), max_new_tokens=NEW_TOKENS, do_sample=False,
                                      assistant_model=strategy)
         assert torch.equal(actual, plain_outputs[0])
@@ -271,13 +271,13 @@ def test_tree_respects_eos_max_length_and_processors(tiny_llama):
         prompt = repetitive_prompt(1)
         expected = tiny_llama.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None)
         actual = tiny_llama.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
-                                     assistant_model=hf_specdec.MedusaStrategy(heads))
+                                     assistant_model=hf_specdec.MedusaStrategy(heads, tree="default", lookup_min_ngram=0, num_speculative_tokens=4))
         assert torch.equal(actual, expected)
     prompt = repetitive_prompt(2)
     free_run = tiny_llama.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=None)
     eos = int(free_run[0, prompt.shape[1] + 6])
     kwargs = {"max_new_tokens": 30, "do_sample": False, "eos_token_id": eos}
-    assert torch.equal(tiny_llama.generate(prompt, assistant_model=hf_specdec.MedusaStrategy(heads), **kwargs),
+    assert torch.equal(tiny_llama.generate(prompt, assistant_model=hf_specdec.MedusaStrategy(heads, tree="default", lookup_min_ngram=0, num_speculative_tokens=4), **kwargs),
                        tiny_llama.generate(prompt, **kwargs))
     kwargs = {"max_new_tokens": 25, "do_sample": False, "repetition_penalty": 1.5, "min_new_tokens": 20,
               "eos_token_id": EOS}
@@ -316,7 +316,7 @@ def test_self_consistent_heads_accept_whole_tree_paths():
         model.lm_head.bias[42] = 10.0
     prompt = torch.tensor([[5, 6, 7]])
     expected = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None)
-    strategy = hf_specdec.MedusaStrategy(make_heads(model))
+    strategy = hf_specdec.MedusaStrategy(make_heads(model), tree="default", lookup_min_ngram=0, num_speculative_tokens=4)
     actual = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, assistant_model=strategy)
     assert torch.equal(actual, expected)
     assert strategy.last_stats.mean_accepted_length > 4.0

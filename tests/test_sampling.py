@@ -87,10 +87,24 @@ def strategies():
         "medusa_tree": hf_specdec.MedusaStrategy(random_heads(False), tree=[[0], [1], [0, 0], [1, 0], [0, 1]]),
         "hydra_dynamic_tree": hf_specdec.MedusaStrategy(random_heads(True), tree="dynamic", tree_nodes=5,
                                                         tree_width=2),
+        "eagle_chain": hf_specdec.EagleStrategy(random_drafter(), tree=None, num_speculative_tokens=2),
+        "eagle_tree": hf_specdec.EagleStrategy(random_drafter(), tree_nodes=5, tree_width=2, num_speculative_tokens=2),
     }
 
 
-@pytest.mark.parametrize("name", ["ngram", "draft_model", "draft_model_vocab", "medusa_tree", "hydra_dynamic_tree"])
+def random_drafter() -> hf_specdec.EagleDrafter:
+    """A random EAGLE drafter for the small-vocabulary model (scaled up, so its drafts vary)."""
+    torch.manual_seed(6)
+    drafter = hf_specdec.EagleDrafter(hf_specdec.EagleDrafterConfig(16, VOCAB, intermediate_size=32,
+                                                                     num_attention_heads=2, num_key_value_heads=1))
+    with torch.no_grad():
+        for parameter in drafter.parameters():
+            parameter.mul_(3.0)
+    return drafter
+
+
+@pytest.mark.parametrize("name", ["ngram", "draft_model", "draft_model_vocab", "medusa_tree", "hydra_dynamic_tree",
+                                  "eagle_chain", "eagle_tree"])
 def test_sampling_matches_plain(small_vocab_model, plain_pairs, name):
     strategy = strategies()[name]
     pairs = sample_pairs(small_vocab_model, strategy, seed=2)

@@ -2,12 +2,14 @@
 
 from .base import Draft, SpeculativeStrategy
 from .draft_model import DraftModelConfig, DraftModelStrategy
+from .eagle import EagleConfig, EagleStrategy
 from .medusa import MedusaConfig, MedusaStrategy
 from .nasd import NASDConfig, NASDStrategy, NGramStore
 from .ngram import NGramConfig, NGramStrategy
 
 STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
     "draft_model": DraftModelStrategy,
+    "eagle": EagleStrategy,
     "medusa": MedusaStrategy,
     "nasd": NASDStrategy,
     "ngram": NGramStrategy,
@@ -18,6 +20,8 @@ __all__ = [
     "Draft",
     "DraftModelConfig",
     "DraftModelStrategy",
+    "EagleConfig",
+    "EagleStrategy",
     "MedusaConfig",
     "MedusaStrategy",
     "NASDConfig",

@@ -110,6 +110,12 @@ class SpeculativeStrategy(CandidateGenerator):
         self.generation_config = generation_config
         self.logits_processor = logits_processor
 
+    def models(self) -> list[torch.nn.Module]:
+        """The models besides the target this strategy runs (a draft model), which our loop may give the fast CPU
+        kernels for the call (see `StrategyConfig.cpu_kernels`); heads and drafters it owns are optimized in
+        `begin` instead."""
+        return []
+
     def set_encoder_inputs(self, encoder_inputs: dict[str, torch.Tensor] | None) -> None:
         """Called before `begin` with what an encoder-decoder target's encoder read (`{main input name: [1, S...],
         "attention_mask": [1, S]}`), or None for a decoder-only target. Integer inputs (T5, BART) become
@@ -165,8 +171,9 @@ class SpeculativeStrategy(CandidateGenerator):
 
         input_ids: `[1, n]` the sequence after this step. target_scores: `[m, V]` the target's processed scores for
         the m tokens this step emitted (row i scored the token now at `n - m + i`). hidden_states: `[m, H]` the
-        target's last hidden states for those rows, only when `needs_hidden_states`. The base class updates the K
-        schedule."""
+        target's last hidden states for those rows, only when `needs_hidden_states`; after the prefill they cover
+        every prompt position the prefill ran (`[P, H]`, row i produced the token after prompt position i, the last
+        row the first new token). The base class updates the K schedule."""
         if draft.tokens.numel():
             self.schedule.update(draft.tokens.numel(), num_accepted)
 

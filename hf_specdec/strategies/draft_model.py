@@ -148,6 +148,9 @@ class DraftModelStrategy(SpeculativeStrategy):
         self.gate = DraftGate(prior_accepted=float(self.config.num_speculative_tokens), max_probe_every=64)
         self._draft_token_seconds: float | None = None  # EMA of one draft forward (one drafted token)
 
+    def models(self) -> list[torch.nn.Module]:
+        return [self.draft_model]
+
     def _fork_components(self) -> tuple[tuple, dict]:
         tokenizers = {} if self.bridge is None else {"draft_tokenizer": self.bridge.draft_tokenizer,
                                                      "target_tokenizer": self.bridge.target_tokenizer}

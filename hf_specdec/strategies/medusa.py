@@ -29,11 +29,13 @@ TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
 class MedusaConfig(StrategyConfig):
     strategy_type = "medusa"
 
+    # The defaults are the fastest lossless setting measured on the committed heads (docs/medusa.md): prompt lookup in
+    # front of a top-1 chain beat every tree on CPU (a tree's extra verify rows cost more than they add there).
     num_speculative_tokens: int = field(
-        default=4, metadata={"help": "Longest draft: heads used per step (capped at the number of heads), and the "
-                                     "longest prompt-lookup draft when `lookup_min_ngram` is on (e.g. 10)."})
+        default=10, metadata={"help": "Longest draft: heads used per step (capped at the number of heads), and the "
+                                      "longest prompt-lookup draft when `lookup_min_ngram` is on."})
     tree: str | list[list[int]] | None = field(
-        default="default",
+        default=None,
         metadata={"help": "Candidate tree: 'default' (11 nodes), 'large' (23 nodes), a list of choice paths (e.g. "
                           "[[0], [1], [0, 0]]: ranks in each head's top-k), 'dynamic' (shaped every step by the "
                           "heads' probabilities, `tree_nodes` nodes), or None for a single top-1 chain."},
@@ -58,7 +60,7 @@ class MedusaConfig(StrategyConfig):
     )
 
     lookup_min_ngram: int = field(
-        default=0,
+        default=2,
         metadata={"help": "0: the heads draft every step. n in 1..4: first look the last 4, 3, ..., n tokens up in "
                           "the text so far (prompt lookup, as NGramStrategy does); on a match, draft its "
                           "continuation as a chain instead of asking the heads. Helps where text repeats (code); "

@@ -1,0 +1,186 @@
+"""The EAGLE drafter and EagleStrategy: determinism, save/load, the training-time forward equals run-time drafting,
+greedy equality (chain, dynamic tree, lookup hybrid), the drafter's cache after rejections, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, make_llama, repetitive_prompt
+
+import hf_specdec
+from hf_specdec import EagleDrafter, EagleDrafterConfig, EagleStrategy
+from hf_specdec.cpu_speedups import optimize_for_cpu
+from hf_specdec.eagle_drafter import DrafterCache
+
+NUM_PROMPTS = 20
+NEW_TOKENS = 20
+
+
+def make_drafter(model, seed: int = 0, draft_vocab=None) -> EagleDrafter:
+    torch.manual_seed(seed)
+    drafter = EagleDrafter(EagleDrafterConfig.for_target(model.config))
+    if draft_vocab is not None:
+        drafter.restrict_draft_vocab(torch.as_tensor(draft_vocab))
+    return drafter.eval()
+
+
+@pytest.fixture(scope="module")
+def target():
+    return make_llama(seed=4)
+
+
+@pytest.fixture(scope="module")
+def fitted_drafter(target) -> EagleDrafter:
+    """A drafter fitted for a few seconds to the tiny target's own greedy text (unrolled as the recipe does), so
+    that drafts get accepted and the tests exercise accepted paths, not only rejections."""
+    sequences = [target.generate(repetitive_prompt(100 + i), max_new_tokens=40, min_new_tokens=40,
+                                  do_sample=False) for i in range(16)]
+    with torch.no_grad():
+        features = torch.cat([target(s, output_hidden_states=True).hidden_states[-1][:, :-2] for s in sequences])
+    ids = torch.cat(sequences)  # [16, L]
+    tokens, labels = ids[:, 1:-1], ids[:, 2:]
+    drafter = make_drafter(target, seed=1).train().attach_target(target)
+    optimizer = torch.optim.AdamW(drafter.parameters(), lr=3e-3)
+    weight = target.get_output_embeddings().weight.detach()
+    for _ in range(150):
+        states = drafter.unrolled_states(features, tokens, steps=3)
+        loss = sum(torch.nn.functional.cross_entropy((s[:, j:] @ weight.t()).flatten(0, 1), labels[:, j:].flatten())
+                   for j, s in enumerate(states))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return drafter.eval()
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(target):
+    return [target.generate(repetitive_prompt(i), max_new_tokens=NEW_TOKENS, do_sample=False)
+            for i in range(NUM_PROMPTS)]
+
+
+def test_untrained_drafter_is_deterministic_and_saves_bit_exact(tmp_path, target):
+    a, b = make_drafter(target, seed=3, draft_vocab=[5, 2, 9, 40]), make_drafter(target, seed=3, draft_vocab=[5, 2, 9, 40])
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[name]), name
+    a.attach_target(target)
+    features, tokens = torch.randn(5, target.config.hidden_size), torch.randint(0, VOCAB, (5,))
+    first = a.step(features, tokens, torch.arange(5), DrafterCache())
+    assert torch.equal(first, a.step(features, tokens, torch.arange(5), DrafterCache()))
+
+    a.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors"}
+    loaded = EagleDrafter.from_pretrained(tmp_path)
+    assert loaded.config == a.config and loaded.state_dict().keys() == a.state_dict().keys()
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert not any("embed_tokens" in name or "lm_head" in name for name in a.state_dict())  # borrowed, never saved
+    assert torch.equal(loaded.attach_target(target).step(features, tokens, torch.arange(5), DrafterCache()), first)
+
+
+@torch.no_grad()
+def test_training_time_unroll_equals_run_time_drafting(target):
+    """Step j of `unrolled_states` at position p is what the drafter outputs at run time after committing the
+    target's pairs up to p - j and drafting j tokens on its own outputs (with the true tokens)."""
+    drafter = make_drafter(target, seed=5).attach_target(target)
+    features, tokens = torch.randn(1, 12, target.config.hidden_size), torch.randint(0, VOCAB, (1, 12))
+    unrolled = drafter.unrolled_states(features, tokens, steps=4)
+    for p in range(12):
+        for j in range(min(p, 3) + 1):
+            committed, cache = p - j + 1, DrafterCache()
+            out = drafter.step(features[0, :committed], tokens[0, :committed], torch.arange(committed), cache)[-1]
+            for position in range(committed, p + 1):
+                out = drafter.step(out[None], tokens[0, position : position + 1], torch.tensor([position]), cache)[-1]
+            torch.testing.assert_close(out, unrolled[j][0, p], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("settings", "fitted"), [
+    ({"tree": None}, True), ({"tree": "dynamic"}, True), ({"tree": "dynamic", "tree_nodes": 5, "tree_width": 2}, False),
+    ({"tree": None, "lookup_min_ngram": 2}, True), ({"lookup_min_ngram": 2, "num_speculative_tokens": 8}, True),
+    ({"tree": None, "schedule": "heuristic"}, True)])
+def test_greedy_equals_plain_generate(target, plain_outputs, fitted_drafter, settings, fitted):
+    drafter = fitted_drafter if fitted else make_drafter(target, seed=2, draft_vocab=range(0, VOCAB, 2))
+    accepted = 0
+    for i, plain in enumerate(plain_outputs):
+        strategy = EagleStrategy(drafter, **settings)
+        out = target.generate(repetitive_prompt(i), max_new_tokens=NEW_TOKENS, do_sample=False,
+                              assistant_model=strategy)
+        assert torch.equal(out, plain), f"prompt {i}"
+        accepted += strategy.last_stats.accepted
+    assert accepted > 0 or not fitted
+
+
+def test_fitted_drafter_drafts_deeper_than_one(target, fitted_drafter):
+    """The unrolled training made depth-2+ drafts right too: whole chains get accepted."""
+    stats = []
+    for i in range(NUM_PROMPTS):
+        strategy = EagleStrategy(fitted_drafter, tree=None)
+        target.generate(repetitive_prompt(i), max_new_tokens=NEW_TOKENS, do_sample=False, assistant_model=strategy)
+        stats.append(strategy.last_stats.mean_accepted_length)
+    assert sum(stats) / len(stats) > 1.5
+
+
+@pytest.mark.parametrize("tree", [None, "dynamic"])
+@torch.no_grad()
+def test_drafter_cache_after_rejections_equals_the_accepted_paths(target, fitted_drafter, tree):
+    """After decoding (drafts accepted and rejected), the drafter's cache holds exactly what one forward over the
+    final text's (target feature, next token) pairs gives: rejected branches left nothing behind."""
+    strategy = EagleStrategy(fitted_drafter, tree=tree)
+    out = target.generate(repetitive_prompt(3), max_new_tokens=NEW_TOKENS, do_sample=False, assistant_model=strategy)
+    stats = strategy.last_stats
+    assert stats.accepted > 0 and (tree is not None or stats.drafted > stats.accepted)  # a tree always rejects some
+    features = target(out[:, :-1], output_hidden_states=True).hidden_states[-1][0]  # [n - 1, H]
+    fresh = DrafterCache()
+    fitted_drafter.step(features, out[0, 1:], torch.arange(out.shape[1] - 1), fresh)
+    assert len(strategy._cache) == len(fresh) == out.shape[1] - 1
+    torch.testing.assert_close(strategy._cache.keys, fresh.keys, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(strategy._cache.values, fresh.values, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_kernels_keep_greedy_output(target, plain_outputs, fitted_drafter):
+    fast = optimize_for_cpu(make_llama(seed=4))
+    strategy = EagleStrategy(fitted_drafter)
+    for i in range(4):
+        out = fast.generate(repetitive_prompt(i), max_new_tokens=NEW_TOKENS, do_sample=False, assistant_model=strategy)
+        assert torch.equal(out, plain_outputs[i])
+
+
+def test_strategy_folder_round_trip(tmp_path, target, fitted_drafter):
+    strategy = EagleStrategy(fitted_drafter, tree=None, num_speculative_tokens=4)
+    strategy.save_pretrained(tmp_path, target=target)
+    loaded = hf_specdec.AutoStrategy.from_pretrained(tmp_path)
+    assert isinstance(loaded, EagleStrategy) and loaded.config == strategy.config
+    assert isinstance(EagleDrafter.from_pretrained(tmp_path), EagleDrafter)  # the folder is a drafter folder too
+    plain = target.generate(repetitive_prompt(0), max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert torch.equal(target.generate(repetitive_prompt(0), max_new_tokens=NEW_TOKENS, do_sample=False,
+                                       assistant_model=loaded), plain)
+
+
+def test_refusals_name_the_fix(tmp_path, target):
+    with pytest.raises(TypeError, match="EagleDrafter"):
+        EagleStrategy(object())
+    with pytest.raises(ValueError, match="'dynamic' or None"):
+        EagleStrategy(make_drafter(target), tree="default")
+    other = make_llama(vocab_size=VOCAB + 3)
+    with pytest.raises(ValueError, match="recipes/train_eagle.py"):
+        other.generate(repetitive_prompt(0), max_new_tokens=4, assistant_model=EagleStrategy(make_drafter(target)))
+    hf_specdec.MedusaHeads(hf_specdec.MedusaHeadsConfig(32, VOCAB)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="MedusaHeads.from_pretrained"):
+        EagleDrafter.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="multiple"):
+        EagleDrafterConfig(hidden_size=30, vocab_size=VOCAB, intermediate_size=8, num_attention_heads=4,
+                           num_key_value_heads=2)
+
+
+def test_encoder_decoder_targets_are_refused(target):
+    from hf_specdec.tiny_models import tiny_random_seq2seq
+
+    seq2seq = tiny_random_seq2seq("t5", VOCAB, eos_token_id=1)
+    with pytest.raises(ValueError, match="decoder-only"):
+        seq2seq.generate(repetitive_prompt(0), max_new_tokens=4, assistant_model=EagleStrategy(make_drafter(target)))
+
+
+def test_transformers_own_loop_gets_no_drafts_rather_than_wrong_ones(target):
+    """Called through CandidateGenerator.get_candidates without our loop (no features), it drafts nothing."""
+    strategy = EagleStrategy(make_drafter(target))
+    candidates, logits = strategy.get_candidates(repetitive_prompt(0))
+    assert candidates.shape[1] == repetitive_prompt(0).shape[1] and logits is None
