@@ -164,7 +164,8 @@ def fast_kernels_for_call(*models: nn.Module, enabled: bool = True) -> Iterator[
     own `generate` calls keep PyTorch's kernels. The derived weights stay on the layers between calls (no rebuild per
     call; `restore_cpu_defaults` frees them). Yields whether any kernels were switched on."""
     chosen = [model for model in models if enabled and should_use_fast_kernels(model)]
-    switched = [m for model in chosen for m in model.modules() if type(m) is nn.Linear]
+    # dict: a layer shared by two models (a draft borrowing the target's LM head) is switched once
+    switched = list({id(m): m for model in chosen for m in model.modules() if type(m) is nn.Linear}.values())
     for module in switched:
         module.__class__ = CpuLinear
         module._fast_weights = _KEPT.pop(module, None)

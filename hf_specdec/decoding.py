@@ -59,24 +59,33 @@ def speculative_decode(
     run = DecodeRun(model, strategy, cache, logits_processor, stopping_criteria, generation_config, streamer,
                     encoder_kwargs)
     start = time.perf_counter()
+    # The fast CPU kernels for this call only (StrategyConfig.cpu_kernels); the user's own generate calls keep theirs.
     with fast_kernels_for_call(model, *strategy.models(), enabled=strategy.config.cpu_kernels == "auto"):
         if is_batch(model, input_ids, model_kwargs):  # several rows, or padding: see batch_decoding.py
             input_ids = batched_decode(run, input_ids, model_kwargs, verifier)
         else:
-            strategy.set_encoder_inputs(encoder_inputs(model, inputs_tensor, model_kwargs))
-            strategy.begin(model, input_ids, generation_config, logits_processor)
-            try:
-                input_ids, finished = prefill_step(run, input_ids, model_kwargs)
-                while not finished:
-                    input_ids, finished = chain_step(run, input_ids, verifier)
-            finally:
-                strategy.end()
+            input_ids = decode_one(run, input_ids, model_kwargs, verifier, inputs_tensor)
     run.stats.total_time = time.perf_counter() - start
     strategy.finish_stats(run.stats)
     strategy.last_stats = run.stats
     if streamer is not None:
         streamer.end()
     return run.record.output(input_ids, cache, encoder_kwargs.get("encoder_outputs"))
+
+
+def decode_one(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict, verifier: Verifier,
+               inputs_tensor: torch.Tensor | None) -> torch.LongTensor:
+    """One unpadded prompt: the prefill, then steps until a stopping criterion fires."""
+    strategy = run.strategy
+    strategy.set_encoder_inputs(encoder_inputs(run.model, inputs_tensor, model_kwargs))
+    strategy.begin(run.model, input_ids, run.generation_config, run.logits_processor)
+    try:
+        input_ids, finished = prefill_step(run, input_ids, model_kwargs)
+        while not finished:
+            input_ids, finished = chain_step(run, input_ids, verifier)
+    finally:
+        strategy.end()
+    return input_ids
 
 
 def encoder_inputs(model: PreTrainedModel, inputs_tensor: torch.Tensor | None, model_kwargs: dict) -> dict | None:
