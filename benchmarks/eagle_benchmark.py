@@ -37,13 +37,17 @@ def make_methods(drafter: hf_specdec.EagleDrafter, hydra: hf_specdec.MedusaHeads
         "transformers-prompt-lookup": CORE_METHODS["transformers-prompt-lookup"],
         "ngram": CORE_METHODS["ngram"],
         "eagle-defaults": eagle(),
+        # the drafter alone
         "eagle-chain": eagle(tree=None, lookup_min_ngram=0),
-        "eagle-chain-8": eagle(tree=None, lookup_min_ngram=0, num_speculative_tokens=8),
         "eagle-tree-8": eagle(tree_nodes=8, tree_width=2, lookup_min_ngram=0),
         "eagle-tree-16": eagle(tree_nodes=16, tree_width=4, lookup_min_ngram=0),
-        "eagle-tree-32": eagle(tree_nodes=32, tree_width=6, lookup_min_ngram=0, num_speculative_tokens=7),
-        "eagle-chain+lookup": eagle(tree=None, lookup_min_ngram=2, num_speculative_tokens=10),
-        "eagle-tree-16+lookup": eagle(tree_nodes=16, tree_width=4, lookup_min_ngram=2, num_speculative_tokens=10),
+        "eagle-tree-32": eagle(tree_nodes=32, tree_width=6, lookup_min_ngram=0, depth=7),
+        # prompt lookup in front (up to 10 tokens), the drafter on steps without a match
+        "eagle-chain+lookup": eagle(tree=None, lookup_min_ngram=2),
+        "eagle-chain-d3+lookup": eagle(tree=None, lookup_min_ngram=2, depth=3),
+        "eagle-tree-8-d4+lookup": eagle(tree_nodes=8, tree_width=2, lookup_min_ngram=2, depth=4),
+        "eagle-tree-16-d4+lookup": eagle(tree_nodes=16, tree_width=4, lookup_min_ngram=2, depth=4),
+        "eagle-tree-16+lookup": eagle(tree_nodes=16, tree_width=4, lookup_min_ngram=2),
     }
     if hydra is not None:  # the best setting before EAGLE: its defaults (prompt lookup in front of a chain)
         methods["hydra-chain+lookup"] = lambda: {"assistant_model": hf_specdec.MedusaStrategy(hydra)}

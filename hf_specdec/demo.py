@@ -20,7 +20,8 @@ from .cli_models import find_committed
 
 PLAIN, BUILTIN = "plain", "transformers-lookup"
 # Committed strategy folders (heads and their fastest measured settings), found beside the package or under cwd.
-HEAD_FOLDERS = {"hydra": Path("heads") / "hydra-smollm2-135m", "medusa": Path("heads") / "medusa-smollm2-135m"}
+HEAD_FOLDERS = {"eagle": Path("heads") / "eagle-smollm2-135m", "hydra": Path("heads") / "hydra-smollm2-135m",
+                "medusa": Path("heads") / "medusa-smollm2-135m"}
 TINY_PROMPTS = {  # for models other than the packaged target
     "code": ["def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n", "for i in range(10):\n    print(i)\n"],
     "prose": ["Write a short story about a robot who learns to paint.", "Describe a rainy day in a city."],

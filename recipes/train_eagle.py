@@ -200,7 +200,7 @@ def train(cfg: dict, view: TrainingView, train_set: list[Window], heldout: list[
         if step % tc["log_every"] == 0:
             log({"event": "train", "step": step, "epoch": epoch, "loss": round(loss.item(), 4),
                  "lr": scheduler.get_last_lr()[0], "train_top1": [round(a, 4) for a in accuracy]})
-        if step % tc["eval_every"] == 0 or step == total:
+        if step % tc["eval_every"] == 0 and step < total:  # the last one is main's "final" record
             log({"event": "heldout", "step": step,
                  "top1_by_depth": evaluate(accelerator.unwrap_model(view), heldout, tc["unroll"])})
         if step % tc["checkpoint_every"] == 0 or step == total:

@@ -54,7 +54,8 @@ def strategies(model) -> dict:
         "hydra_dynamic": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree="dynamic", tree_nodes=6,
                                                            skip_unprofitable_drafts=False),
         "hydra_gated": lambda: hf_specdec.MedusaStrategy(heads_for(model), tree="dynamic", tree_nodes=6),
-        "eagle_chain": lambda: hf_specdec.EagleStrategy(drafter_for(model), tree=None, skip_unprofitable_drafts=False),
+        "eagle_chain": lambda: hf_specdec.EagleStrategy(drafter_for(model), tree=None, lookup_min_ngram=0,
+                                                        skip_unprofitable_drafts=False),
         "eagle_tree": lambda: hf_specdec.EagleStrategy(drafter_for(model), tree_nodes=6, tree_width=2,
                                                        skip_unprofitable_drafts=False),
     }

@@ -94,9 +94,9 @@ def test_training_time_unroll_equals_run_time_drafting(target):
 
 
 @pytest.mark.parametrize(("settings", "fitted"), [
-    ({"tree": None}, True), ({"tree": "dynamic"}, True), ({"tree": "dynamic", "tree_nodes": 5, "tree_width": 2}, False),
-    ({"tree": None, "lookup_min_ngram": 2}, True), ({"lookup_min_ngram": 2, "num_speculative_tokens": 8}, True),
-    ({"tree": None, "schedule": "heuristic"}, True)])
+    ({"tree": None, "lookup_min_ngram": 0}, True), ({"lookup_min_ngram": 0, "tree_nodes": 16, "depth": 6}, True),
+    ({"tree": "dynamic", "tree_nodes": 5, "tree_width": 2, "lookup_min_ngram": 0}, False),
+    ({"tree": None}, True), ({}, True), ({"tree": None, "schedule": "heuristic", "lookup_min_ngram": 0}, True)])
 def test_greedy_equals_plain_generate(target, plain_outputs, fitted_drafter, settings, fitted):
     drafter = fitted_drafter if fitted else make_drafter(target, seed=2, draft_vocab=range(0, VOCAB, 2))
     accepted = 0
@@ -113,7 +113,7 @@ def test_fitted_drafter_drafts_deeper_than_one(target, fitted_drafter):
     """The unrolled training made depth-2+ drafts right too: whole chains get accepted."""
     stats = []
     for i in range(NUM_PROMPTS):
-        strategy = EagleStrategy(fitted_drafter, tree=None)
+        strategy = EagleStrategy(fitted_drafter, tree=None, lookup_min_ngram=0)
         target.generate(repetitive_prompt(i), max_new_tokens=NEW_TOKENS, do_sample=False, assistant_model=strategy)
         stats.append(strategy.last_stats.mean_accepted_length)
     assert sum(stats) / len(stats) > 1.5
@@ -124,7 +124,7 @@ def test_fitted_drafter_drafts_deeper_than_one(target, fitted_drafter):
 def test_drafter_cache_after_rejections_equals_the_accepted_paths(target, fitted_drafter, tree):
     """After decoding (drafts accepted and rejected), the drafter's cache holds exactly what one forward over the
     final text's (target feature, next token) pairs gives: rejected branches left nothing behind."""
-    strategy = EagleStrategy(fitted_drafter, tree=tree)
+    strategy = EagleStrategy(fitted_drafter, tree=tree, lookup_min_ngram=0)
     out = target.generate(repetitive_prompt(3), max_new_tokens=NEW_TOKENS, do_sample=False, assistant_model=strategy)
     stats = strategy.last_stats
     assert stats.accepted > 0 and (tree is not None or stats.drafted > stats.accepted)  # a tree always rejects some
@@ -145,7 +145,7 @@ def test_cpu_kernels_keep_greedy_output(target, plain_outputs, fitted_drafter):
 
 
 def test_strategy_folder_round_trip(tmp_path, target, fitted_drafter):
-    strategy = EagleStrategy(fitted_drafter, tree=None, num_speculative_tokens=4)
+    strategy = EagleStrategy(fitted_drafter, tree=None, depth=3)
     strategy.save_pretrained(tmp_path, target=target)
     loaded = hf_specdec.AutoStrategy.from_pretrained(tmp_path)
     assert isinstance(loaded, EagleStrategy) and loaded.config == strategy.config

@@ -87,8 +87,9 @@ def strategies():
         "medusa_tree": hf_specdec.MedusaStrategy(random_heads(False), tree=[[0], [1], [0, 0], [1, 0], [0, 1]]),
         "hydra_dynamic_tree": hf_specdec.MedusaStrategy(random_heads(True), tree="dynamic", tree_nodes=5,
                                                         tree_width=2),
-        "eagle_chain": hf_specdec.EagleStrategy(random_drafter(), tree=None, num_speculative_tokens=2),
-        "eagle_tree": hf_specdec.EagleStrategy(random_drafter(), tree_nodes=5, tree_width=2, num_speculative_tokens=2),
+        "eagle_chain": hf_specdec.EagleStrategy(random_drafter(), tree=None, depth=2, lookup_min_ngram=0),
+        "eagle_tree": hf_specdec.EagleStrategy(random_drafter(), tree_nodes=5, tree_width=2, depth=2,
+                                               lookup_min_ngram=0),
     }
 
 

@@ -46,7 +46,7 @@ def sequences(recipe, model, count: int = 12):
 def config(epochs: int) -> dict:
     return {"seed": 0, "train": {"epochs": epochs, "batch_positions": 64, "unroll": 3, "step_decay": 0.8, "lr": 3e-3,
                                  "weight_decay": 0.0, "warmup_steps": 2, "grad_accum": 1, "log_every": 1,
-                                 "eval_every": 1000, "checkpoint_every": 5}}
+                                 "eval_every": 5, "checkpoint_every": 5}}
 
 
 def test_windows_pair_features_with_the_next_token_and_skip_prompt_labels(recipe):

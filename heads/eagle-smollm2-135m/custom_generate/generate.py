@@ -1,0 +1,14 @@
+"""`custom_generate` entry point written by hf_specdec 0.1.0: speculative decoding with EagleStrategy for HuggingFaceTB/SmolLM2-135M-Instruct.
+
+    model.generate(**inputs, custom_generate="<this folder or Hub repo>", trust_remote_code=True)
+
+The output is the one plain `generate` gives (greedy: token for token; sampling: the same distribution).
+"""
+
+import hf_specdec.publishing
+
+REPO_ID = None  # where it was pushed; used only if the `custom_generate=` argument cannot be read
+
+
+def generate(model, **kwargs):
+    return hf_specdec.publishing.run_custom_generate(model, kwargs, repo_id=REPO_ID)
