@@ -181,6 +181,6 @@ def test_encoder_decoder_targets_are_refused(target):
 
 def test_transformers_own_loop_gets_no_drafts_rather_than_wrong_ones(target):
     """Called through CandidateGenerator.get_candidates without our loop (no features), it drafts nothing."""
-    strategy = EagleStrategy(make_drafter(target))
+    strategy = EagleStrategy(make_drafter(target), lookup_min_ngram=0)  # the drafter's own part
     candidates, logits = strategy.get_candidates(repetitive_prompt(0))
     assert candidates.shape[1] == repetitive_prompt(0).shape[1] and logits is None
