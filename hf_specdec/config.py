@@ -129,6 +129,16 @@ class StrategyConfig:
                                   commit_message=commit_message)
 
 
+def local_or_hub_files(path_or_repo_id: str | os.PathLike, names: tuple[str, ...], **hub_kwargs: Any) -> list[Path]:
+    """The files `names` of a local folder if `path_or_repo_id` is one, else downloaded from that Hub repo."""
+    directory = Path(path_or_repo_id)
+    if directory.is_dir():
+        return [directory / name for name in names]
+    from huggingface_hub import hf_hub_download
+
+    return [Path(hf_hub_download(str(path_or_repo_id), name, **hub_kwargs)) for name in names]
+
+
 def push_folder_to_hub(save_pretrained: Callable[[str], Any], repo_id: str, *, private: bool | None,
                        token: str | None, commit_message: str) -> str:
     """Creates `repo_id` if needed, writes what `save_pretrained(folder)` saves and uploads it; returns the commit URL."""

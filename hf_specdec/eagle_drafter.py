@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import push_folder_to_hub, reject_unknown_keys
+from .config import local_or_hub_files, push_folder_to_hub, reject_unknown_keys
 from .medusa_heads import output_rows
 
 CONFIG_FILE = "config.json"
@@ -332,14 +332,7 @@ class EagleDrafter(nn.Module):
         weights come back in float32."""
         from safetensors.torch import load_file
 
-        directory = Path(path_or_repo_id)
-        if directory.is_dir():
-            config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        else:
-            from huggingface_hub import hf_hub_download
-
-            config_path = Path(hf_hub_download(str(path_or_repo_id), CONFIG_FILE, **hub_kwargs))
-            weights_path = Path(hf_hub_download(str(path_or_repo_id), WEIGHTS_FILE, **hub_kwargs))
+        config_path, weights_path = local_or_hub_files(path_or_repo_id, (CONFIG_FILE, WEIGHTS_FILE), **hub_kwargs)
         data = json.loads(config_path.read_text())
         if data.get("drafter_type") != DRAFTER_TYPE:
             raise ValueError(f"{path_or_repo_id} does not hold an EAGLE drafter (its config.json has no "

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import push_folder_to_hub, reject_unknown_keys
+from .config import local_or_hub_files, push_folder_to_hub, reject_unknown_keys
 from .cpu_speedups import CpuLinear, optimize_for_cpu
 from .tree import TokenTree, grow_dynamic_tree
 
@@ -344,14 +344,7 @@ class MedusaHeads(nn.Module):
         """Loads from a local directory first, else downloads `config.json` and the weights from a Hub repo."""
         from safetensors.torch import load_file
 
-        directory = Path(path_or_repo_id)
-        if directory.is_dir():
-            config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        else:
-            from huggingface_hub import hf_hub_download
-
-            config_path = Path(hf_hub_download(str(path_or_repo_id), CONFIG_FILE, **hub_kwargs))
-            weights_path = Path(hf_hub_download(str(path_or_repo_id), WEIGHTS_FILE, **hub_kwargs))
+        config_path, weights_path = local_or_hub_files(path_or_repo_id, (CONFIG_FILE, WEIGHTS_FILE), **hub_kwargs)
         heads = cls(MedusaHeadsConfig.from_dict(json.loads(config_path.read_text())))
         heads.load_state_dict(load_file(str(weights_path)))
         return heads.eval()
