@@ -26,7 +26,7 @@ from packaging.version import Version
 from transformers import GenerationMixin, StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
 
-from .decoding import speculative_decode
+from .engine import speculative_decode
 from .strategies.base import SpeculativeStrategy
 
 SUPPORTED_TRANSFORMERS = (Version("5.23.0"), Version("6.0.0"))

@@ -17,7 +17,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from transformers.cache_utils import DynamicCache
 
 from .compat import CACHE_KWARG
-from .decoding import select_token
+from .engine.scoring import select_token
 from .mixture_math import GeometricMixture
 
 __all__ = ["geometric_mixture_decode", "sample_geometric_mixture"]

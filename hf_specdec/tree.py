@@ -6,11 +6,12 @@ first drafted position) and a `rank` (its index in its head's top-k). The target
 with a 4D attention mask in which each row sees the cache, the root and its own ancestors, and position ids
 `past + depth`; row 0 (root) scores the first drafted position and row 1 + i scores the token after node i.
 
-Pure tensor functions here; the decoding step that uses them lives in `hf_specdec.tree_decoding`.
+Pure tensor functions here; the step that uses them lives in `hf_specdec.engine`.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,16 @@ class TokenTree:
     @property
     def num_nodes(self) -> int:
         return len(self.paths)
+
+    @functools.cached_property
+    def parent_list(self) -> list[int]:
+        """`parents` as a host list (read by the loop without a tensor-to-Python conversion per step)."""
+        return [paths_index[p[:-1]] if len(p) > 1 else -1
+                for paths_index in [{path: i for i, path in enumerate(self.paths)}] for p in self.paths]
+
+    @functools.cached_property
+    def depth_list(self) -> list[int]:
+        return [len(path) for path in self.paths]
 
     @property
     def max_depth(self) -> int:

@@ -1,7 +1,7 @@
 """Verifiers: pure tensor functions that decide which drafted tokens the target accepts.
 
-Every function takes one row's draft of K tokens and returns `(num_accepted, next_token)` (a batch calls them per
-row, see `batch_decoding.py`): the target keeps `draft_tokens[:num_accepted]` and then appends `next_token` (the correction on a rejection,
+Every chain function takes one row's draft of K tokens and returns `(num_accepted, next_token)` (the engine calls
+them per row; `greedy_tree_accept` takes a whole batch of trees and stays on the device): the target keeps `draft_tokens[:num_accepted]` and then appends `next_token` (the correction on a rejection,
 or the bonus token when all K are accepted). Names follow Leviathan et al. (2023), Transformers' convention:
 `p` is the target distribution and `q` the draft distribution, both after the same logits processors.
 """
@@ -116,3 +116,34 @@ def _check_shapes(draft_tokens: torch.Tensor, target: torch.Tensor) -> None:
             "Expected draft_tokens of shape [K] and target scores/probs of shape [K + 1, V]; got "
             f"{list(draft_tokens.shape)} and {list(target.shape)}."
         )
+
+
+def greedy_tree_accept(node_tokens: torch.LongTensor, parents: torch.LongTensor, depths: torch.LongTensor,
+                       target_tokens: torch.LongTensor, max_depth: int | None = None) -> torch.LongTensor:
+    """Exact greedy match over a batch of trees (a chain is a tree with one branch), without leaving the device.
+
+    A node is accepted when its token is the target's argmax at its parent's row and its parent was accepted; the
+    deepest accepted node wins (ties: the lowest index, i.e. the best-ranked sibling). Padding nodes carry a token
+    no argmax equals (e.g. -1).
+
+    Args:
+        node_tokens: `[B, N]` node tokens. parents: `[B, N]` parent of each node (-1: the row's last token), parents
+            precede children. depths: `[B, N]` depth of each node (1 = the first drafted position).
+        target_tokens: `[B, N + 1]` the target's argmax at each row of the verify forward (0 = the last token).
+        max_depth: the deepest node's depth, if known (fewer rounds); default N.
+    Returns:
+        `[B]` the deepest accepted node per row, -1 when none was accepted; the next token is then
+        `target_tokens[b, 1 + best]`.
+    """
+    num_nodes = node_tokens.shape[1]
+    if num_nodes == 0:
+        return torch.full(node_tokens.shape[:1], -1, dtype=torch.long, device=node_tokens.device)
+    matches = node_tokens == target_tokens.gather(1, parents + 1)  # [B, N]
+    accepted = matches
+    for _ in range((max_depth or num_nodes) - 1):  # after depth - 1 rounds every ancestor's verdict reached its leaves
+        parent_ok = accepted.gather(1, parents.clamp_min(0)) | (parents < 0)
+        accepted = matches & parent_ok
+    index = torch.arange(num_nodes, device=node_tokens.device)
+    rank = torch.where(accepted, depths * (num_nodes + 1) + (num_nodes - index), -1)  # deepest, then lowest index
+    best = rank.argmax(dim=1)
+    return torch.where(accepted.any(dim=1), best, -1)

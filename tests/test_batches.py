@@ -165,10 +165,13 @@ def test_each_rows_cache_equals_a_fresh_forward(target):
 
 def test_a_wide_draft_does_not_force_a_wide_verify():
     """choose_width: when a wide verify costs much more than a narrow one, one row's long draft is cut."""
-    from hf_specdec.batch_decoding import Row, RowDraft, VerifyCosts, choose_width
+    from hf_specdec.engine.drafts import RowDraft
+    from hf_specdec.engine.run import Row
+    from hf_specdec.engine.width import VerifyCosts, choose_width
 
-    rows = [Row(None, None, torch.zeros(1, 3, dtype=torch.long), 0, acceptance=a) for a in (0.9, 0.1, 0.1, 0.1)]
-    drafts = [RowDraft.of(hf_specdec.Draft(torch.arange(8)), 8)] + [RowDraft.of(hf_specdec.Draft.empty(), 0)] * 3
+    rows = [Row(None, torch.zeros(1, 3, dtype=torch.long), 0, [0, 0, 0], acceptance=a) for a in (0.9, 0.1, 0.1, 0.1)]
+    cpu = torch.device("cpu")
+    drafts = [RowDraft.of(hf_specdec.Draft(torch.arange(8)), 8, cpu)] + [RowDraft.of(hf_specdec.Draft.empty(), 0, cpu)] * 3
     cheap, dear = VerifyCosts(4), VerifyCosts(4)
     cheap.record(0, 1.0), cheap.record(8, 1.05)
     dear.record(0, 1.0), dear.record(8, 4.0)

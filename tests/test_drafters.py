@@ -18,7 +18,7 @@ def test_match_suffix_uses_the_latest_earlier_match_and_checks_consistency():
     assert match_suffix(tokens, 2) == (6, False)  # the later "5 6" (followed by 9) wins; the first was followed by 7
     assert match_suffix(tokens, 3) is None  # "1 5 6" never occurred before
     assert match_suffix(tokens[:2], 2) is None  # too short to hold an earlier match
-    assert match_suffix(torch.tensor([1, 2, 1, 2, 1]), 1) == (3, True)  # every earlier "1" was followed by 2
+    assert match_suffix([1, 2, 1, 2, 1], 1) == (3, True)  # every earlier "1" was followed by 2
 
 
 def test_ngram_strategy_backs_off_to_shorter_ngrams():

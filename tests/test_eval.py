@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-import hf_specdec.decode_run
+import hf_specdec.engine.verification
 from hf_specdec.data import Prompt
 from hf_specdec.eval import main
 from hf_specdec.eval.config import ModelSpec, config_from_dict, load_config
@@ -163,7 +163,7 @@ def test_sampling_test_catches_a_broken_verifier(tmp_path, monkeypatch):
 
     correct = verdict(tmp_path / "ok")
     assert correct["passed"] and correct["informative_tests"] > 0 and correct["drafted_tokens_verified"] > 0, correct
-    monkeypatch.setattr(hf_specdec.decode_run, "speculative_sampling_verify", broken_verify)
+    monkeypatch.setattr(hf_specdec.engine.verification, "speculative_sampling_verify", broken_verify)
     broken = verdict(tmp_path / "broken")
     assert broken["verdict"] == "FAIL" and broken["combined_p_value"] < 1e-3, broken
 

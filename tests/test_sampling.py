@@ -14,7 +14,7 @@ from conftest import draft_strategy, make_llama
 from scipy.stats import chi2_contingency
 
 import hf_specdec
-import hf_specdec.tree_decoding
+import hf_specdec.engine.verification
 import hf_specdec.verify
 from hf_specdec.distilled_draft import set_draft_vocab
 
@@ -135,7 +135,7 @@ def test_broken_tree_residual_is_caught(small_vocab_model, plain_pairs, monkeypa
             path.append(accepted)
             row = 1 + accepted
 
-    monkeypatch.setattr(hf_specdec.tree_decoding, "sampling_tree_verify", without_residual)
+    monkeypatch.setattr(hf_specdec.engine.verification, "sampling_tree_verify", without_residual)
     pairs = sample_pairs(small_vocab_model, strategies()["hydra_dynamic_tree"], seed=2)
     assert homogeneity_pvalue(plain_pairs, pairs) < 1e-4
 

@@ -21,7 +21,7 @@ from hf_specdec.tree import (
     tree_tokens,
     typical_tree_verify,
 )
-from hf_specdec.tree_decoding import keep_tree_path
+from hf_specdec.engine.cache import commit
 
 PATHS = [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (2,)]
 
@@ -78,7 +78,7 @@ def test_tree_forward_matches_each_branch_run_alone():
 
     # keep only the path (0,) -> (0, 1): the cache must equal the cache of that branch run alone
     path = [tree.paths.index((0,)), tree.paths.index((0, 1))]
-    keep_tree_path(cache, past, [0] + [1 + n for n in path])
+    commit(cache, None, [[0] + [1 + n for n in path]], tree.num_nodes)  # a batch of one keeps no dead slot
     reference = _prefill(model, torch.cat([prompt, nodes[path][None], prompt[:, :1]], dim=-1))
     for ours, theirs in zip(cache.layers, reference.layers):
         torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)

@@ -79,6 +79,10 @@ class SpeculativeStrategy(CandidateGenerator):
         # Encoder-decoder targets: what the encoder read this call (see `set_encoder_inputs`), else None.
         self.encoder_inputs: dict[str, torch.Tensor] | None = None
         self.source_ids: torch.LongTensor | None = None
+        self._source_list: list[int] = []
+        # The engine's host mirror of the row's tokens during a call (kept current by it), so drafters read tokens
+        # without a device-to-host transfer per step; None outside a call.
+        self.host_tokens: list[int] | None = None
 
     @property
     def lossless(self) -> bool:
@@ -97,7 +101,7 @@ class SpeculativeStrategy(CandidateGenerator):
         """The constructor's positional and keyword arguments besides the config (shared, not copied)."""
         return (), {}
 
-    # ---- lifecycle, driven by `hf_specdec.decoding.speculative_decode` ----------------------------------------
+    # ---- lifecycle, driven by `hf_specdec.engine` --------------------------------------------------------------
     def begin(self, target: PreTrainedModel, input_ids: torch.LongTensor, generation_config: GenerationConfig,
               logits_processor: LogitsProcessorList) -> None:
         """Called once per `generate` call, before the prefill. Subclasses validate the target here."""
@@ -127,13 +131,21 @@ class SpeculativeStrategy(CandidateGenerator):
         if source is not None and not source.is_floating_point() and source.dim() == 2:
             mask = encoder_inputs.get("attention_mask")
             self.source_ids = source[0] if mask is None else source[0][mask[0].bool()]
+        self._source_list = [] if self.source_ids is None else self.source_ids.tolist()
 
-    def lookup_tokens(self, input_ids: torch.LongTensor) -> torch.LongTensor:
-        """The tokens prompt lookup searches, `[S + n]`: the encoder's source ids (if any), then the output so far
-        (the latest occurrence wins, so the output's own repeats come before the source's)."""
-        if self.source_ids is None:
-            return input_ids[0]
-        return torch.cat([self.source_ids.to(input_ids.device), input_ids[0]])
+    def token_list(self, input_ids: torch.LongTensor) -> list[int]:
+        """`input_ids[0]` (`[1, n]`) as a host list: the engine's mirror when it is current (no device read), else
+        read from the tensor (a strategy called outside our loop)."""
+        mirror = self.host_tokens
+        if mirror is not None and len(mirror) == input_ids.shape[-1]:
+            return mirror
+        return input_ids[0].tolist()
+
+    def lookup_tokens(self, input_ids: torch.LongTensor) -> list[int]:
+        """The tokens prompt lookup searches, as a host list `[S + n]`: the encoder's source ids (if any), then the
+        output so far (the latest occurrence wins, so the output's own repeats come before the source's)."""
+        tokens = self.token_list(input_ids)
+        return self._source_list + tokens if self._source_list else tokens
 
     @property
     def drafts_every_position(self) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
-from ..decode_run import accepts_logits_to_keep
+from ..engine.run import accepts_logits_to_keep
+from ..engine.timing import synchronized_now
 from ..distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
 from ..mixture_math import GeometricMixture
 from ..tokenizer_bridge import TokenizerBridge
@@ -139,7 +139,8 @@ class DraftModelStrategy(SpeculativeStrategy):
         self._encoder_kwargs: dict = {}  # an encoder-decoder draft's own encoder output, computed once per call
         self._vocab: torch.LongTensor | None = None  # the draft vocabulary in use this call, see `begin`
         self._vocab_head_key: tuple | None = None  # which LM head and vocabulary `_vocab_head_t` was sliced from
-        self._cached_tokens: list[int] = []  # the tokens whose keys/values the draft cache holds
+        self._cached_tokens: list[int] = []  # the tokens whose keys/values the draft cache holds, known on the host
+        self._unconfirmed = 0  # drafted tokens fed to the draft cache after those, not read back (see `observe`)
         self._alphas: torch.Tensor | None = None  # alpha* of the latest verified positions (mixture)
         self._bonus_target_row: torch.Tensor | None = None  # the target's scores where `bonus_scores` may be asked
         self._alpha_total, self._alpha_count = 0.0, 0
@@ -191,7 +192,7 @@ class DraftModelStrategy(SpeculativeStrategy):
         super().begin(target, input_ids, generation_config, logits_processor)
         self._check_pair(target)
         draft = self.draft_model
-        self._cached_tokens, self._encoder_kwargs = [], {}
+        self._cached_tokens, self._unconfirmed, self._encoder_kwargs = [], 0, {}
         self._alpha_total, self._alpha_count = 0.0, 0
         if self.batch_rows > 1:  # a row of a batch: drafting must prove itself first (see `_drafting_cost`)
             self.gate.prior_accepted = 1.0
@@ -202,9 +203,12 @@ class DraftModelStrategy(SpeculativeStrategy):
             self._encoder_kwargs = self._run_draft_encoder()
         else:
             self._cache = DynamicCache(config=draft.config)
+        # like the target's: sliding-window layers must keep their past to be cropped back
+        (self._cache.self_attention_cache if draft.config.is_encoder_decoder else self._cache).activate_past_recording()
         use_vocab = self.config.use_draft_vocab and self.mixture is None  # q* needs the draft's full distribution
         self._vocab = carried_draft_vocab(draft) if use_vocab else None
         if self._vocab is not None:
+            self._vocab = self._vocab.to(draft.device)  # built or loaded on the CPU: scored on the draft's device
             self._vocab_size = output_vocab_size(draft)
             weight = draft.get_output_embeddings().weight  # [V, H]
             key = (weight.data_ptr(), weight._version, self._vocab.data_ptr())
@@ -242,7 +246,7 @@ class DraftModelStrategy(SpeculativeStrategy):
         return {"encoder_outputs": encoder_outputs, "attention_mask": inputs.get("attention_mask")}
 
     def end(self) -> None:
-        self._cache, self._cached_tokens, self._encoder_kwargs = None, [], {}
+        self._cache, self._cached_tokens, self._unconfirmed, self._encoder_kwargs = None, [], 0, {}
 
     def draft_budget(self) -> int:
         k = self.schedule.next_k()
@@ -282,10 +286,10 @@ class DraftModelStrategy(SpeculativeStrategy):
 
     def _timed(self, draft_fn, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         """Runs a drafting function, keeping the EMA of one drafted token's cost for the gate."""
-        start = time.perf_counter()
+        start = synchronized_now(self.draft_model.device)
         draft = draft_fn(input_ids, max_tokens)
         if draft.tokens.numel():
-            seconds = (time.perf_counter() - start) / draft.tokens.numel()
+            seconds = (synchronized_now(self.draft_model.device) - start) / draft.tokens.numel()
             self._draft_token_seconds = ema(self._draft_token_seconds, seconds, self.gate.ema_alpha)
         draft.bucket = MODEL_BUCKET
         return draft
@@ -311,8 +315,10 @@ class DraftModelStrategy(SpeculativeStrategy):
             return None
         with torch.no_grad():
             sequence = torch.cat([input_ids, draft_tokens[None]], dim=-1).to(self.draft_model.device)  # [1, n + k]
+            tokens = self.token_list(input_ids) + draft_tokens.tolist()
+            self._confirm(tokens, draft_tokens.numel())  # all accepted
             # the draft cache may hold drafted tokens past a batch's cut: sync it to this sequence first
-            logits = self._forward(self._sync_cache(sequence[0].tolist()))  # [1, V]
+            logits = self._forward(self._sync_cache(tokens), tokens)  # [1, V]
             log_policy = self.logits_processor(sequence, logits).log_softmax(dim=-1).to(input_ids.device)  # [1, V]
         log_q, alpha = self.mixture.log_probs(log_policy, self._bonus_target_row[None].log_softmax(dim=-1))
         self._alphas, self._bonus_target_row = torch.cat([self._alphas, alpha]), None
@@ -321,6 +327,8 @@ class DraftModelStrategy(SpeculativeStrategy):
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
         super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
         observe_gate(self.gate, draft, num_accepted, forward_seconds)
+        if self._unconfirmed:
+            self._confirm(self.token_list(input_ids), num_accepted)
         if self._alphas is not None:  # alpha* at the positions whose token was emitted
             emitted = self._alphas[: target_scores.shape[0]]
             self._alpha_total += float(emitted.sum())
@@ -353,10 +361,11 @@ class DraftModelStrategy(SpeculativeStrategy):
         # Greedy with no logits processors and no entropy stop: the argmax of the raw logits is the draft.
         argmax_only = not (do_sample or all_probs or self.logits_processor or self.schedule.needs_entropy)
         sequence = input_ids.to(self.draft_model.device)  # [1, n]
-        pending = self._sync_cache(sequence[0].tolist())  # [1, m] tokens the draft has not seen yet
+        known = self.token_list(input_ids)
+        pending = self._sync_cache(known)  # [1, m] tokens the draft has not seen yet
         drafted, probs = [], []
         for step in range(max(max_tokens, int(all_probs))):
-            logits = self._forward(pending)  # [1, V]
+            logits = self._forward(pending, known if step == 0 else None)  # [1, V]
             if argmax_only:
                 token = logits.argmax(-1)  # [1]
             else:
@@ -377,24 +386,29 @@ class DraftModelStrategy(SpeculativeStrategy):
     def _draft_other_tokens(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         """A draft with its own tokenizer: drafts in its tokens (argmax, or a draw from its raw distribution when
         sampling), re-tokenised into at most `max_tokens` target tokens (a point-mass draft: no probs)."""
-        target_ids = input_ids[0].tolist()
+        target_ids = self.token_list(input_ids)
         context = self.bridge.to_draft(target_ids)
         if not context:
             return Draft(input_ids.new_empty(0))
         do_sample = bool(self.generation_config.do_sample)
         pending = self._sync_cache(context)
         drafted: list[int] = []
+        fed = context
         for _ in range(max_tokens):
-            logits = self._forward(pending)  # [1, V_draft]
+            logits = self._forward(pending, fed)  # [1, V_draft]
             token = torch.multinomial(logits.softmax(-1), 1)[0] if do_sample else logits.argmax(-1)  # [1]
             drafted.append(int(token))
+            fed = context + drafted
             pending = token[None]
         tokens = self.bridge.to_target(target_ids, context, drafted)[:max_tokens]
         return Draft(torch.tensor(tokens, dtype=torch.long, device=input_ids.device))
 
     def _sync_cache(self, tokens: list[int]) -> torch.LongTensor:
         """Crops the draft cache to its longest prefix shared with `tokens` (keeping at least one token to feed) and
-        returns the tokens still to feed, `[1, m]`."""
+        returns the tokens still to feed, `[1, m]`. Drafted tokens never confirmed are dropped first."""
+        if self._unconfirmed:
+            self._cache.crop(-self._unconfirmed)
+            self._unconfirmed = 0
         common = 0
         for cached, token in zip(self._cached_tokens, tokens):
             if cached != token:
@@ -402,20 +416,35 @@ class DraftModelStrategy(SpeculativeStrategy):
             common += 1
         common = min(common, len(tokens) - 1)
         self._cache.crop(-(self._cache.get_seq_length() - common))
-        self._cached_tokens = tokens[:common]
+        self._cached_tokens = self._cached_tokens[:common]
         return torch.tensor([tokens[common:]], dtype=torch.long, device=self.draft_model.device)
 
-    def _forward(self, tokens: torch.LongTensor) -> torch.Tensor:
-        """The draft's logits `[1, V]` for the token after `tokens`, which it appends to its cache."""
+    def _confirm(self, tokens: list[int], num_accepted: int) -> None:
+        """The first `num_accepted` drafted tokens fed to the draft cache were accepted: they are `tokens`' next
+        ones (the host mirror), so the cache stays valid for them without reading the drafts back."""
+        confirmed = min(num_accepted, self._unconfirmed)
+        start = len(self._cached_tokens)
+        self._cached_tokens.extend(tokens[start : start + confirmed])
+        if confirmed < self._unconfirmed:
+            self._cache.crop(confirmed - self._unconfirmed)
+        self._unconfirmed = 0
+
+    def _forward(self, tokens: torch.LongTensor, known: list[int] | None) -> torch.Tensor:
+        """The draft's logits `[1, V]` for the token after `tokens` (`[1, m]`), which it appends to its cache.
+        known: the sequence whose last m tokens these are, when the host knows it; None for drafted tokens still on
+        the device (confirmed after the verify, see `_confirm`)."""
         draft = self.draft_model
         inputs = {CACHE_KWARG: self._cache, "use_cache": True}
         if draft.config.is_encoder_decoder:  # positions come from the cache; the encoder output is re-read
             inputs.update(decoder_input_ids=tokens, **self._encoder_kwargs)
         else:
-            past = len(self._cached_tokens)
+            past = len(self._cached_tokens) + self._unconfirmed
             inputs.update(input_ids=tokens, position_ids=torch.arange(past, past + tokens.shape[1],
                                                                       device=tokens.device)[None])
-        self._cached_tokens.extend(tokens[0].tolist())
+        if known is None:
+            self._unconfirmed += tokens.shape[1]
+        else:
+            self._cached_tokens.extend(known[len(known) - tokens.shape[1]:])
         if self._vocab is None:
             keep = {"logits_to_keep": 1} if accepts_logits_to_keep(draft) else {}
             return draft(**inputs, **keep).logits[:, -1].float()

@@ -106,6 +106,7 @@ class EagleStrategy(SpeculativeStrategy):
 
     def begin(self, target, input_ids, generation_config, logits_processor) -> None:
         super().begin(target, input_ids, generation_config, logits_processor)
+        self.drafter.to(device=target.device)  # loaded on the CPU; it reads the target's states where they are
         self.drafter.attach_target(target)
         if is_cpu_optimized(target) and not is_cpu_optimized(self.drafter):
             optimize_for_cpu(self.drafter)  # the drafter's own linears get the same skinny-input kernels

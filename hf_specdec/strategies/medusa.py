@@ -123,6 +123,7 @@ class MedusaStrategy(SpeculativeStrategy):
     def begin(self, target, input_ids, generation_config, logits_processor) -> None:
         super().begin(target, input_ids, generation_config, logits_processor)
         check_heads_fit(self.heads, target)
+        self.heads.to(device=target.device)  # loaded on the CPU; they read the target's states where they are
         self.heads.attach_target(target)
         if is_cpu_optimized(target) and not is_cpu_optimized(self.heads):
             optimize_for_cpu(self.heads)  # the heads' own linears get the same skinny-input kernels
@@ -145,7 +146,7 @@ class MedusaStrategy(SpeculativeStrategy):
         if self._hidden is None or depth < 1:
             return Draft.empty(input_ids.device)
         hidden = self._hidden.to(dtype=next(self.heads.parameters()).dtype)
-        last_token = int(input_ids[0, -1])
+        last_token = self.token_list(input_ids)[-1]
         if self._dynamic:
             tree, tokens, probs = self.heads.draft_dynamic_tree(hidden, last_token, depth, self.config.tree_nodes,
                                                                 self.config.tree_width)

@@ -106,13 +106,13 @@ class NASDStrategy(SpeculativeStrategy):
         super().begin(target, input_ids, generation_config, logits_processor)
         if self.config.reset_between_calls:
             self.store = NGramStore(self.config.ngram_size, self.config.storage)
-        if self.source_ids is not None:  # an encoder-decoder's source: its n-grams are drafts too
-            self.store.add_sequence(self.source_ids.tolist())
-        self.store.add_sequence(input_ids[0].tolist())
+        if self._source_list:  # an encoder-decoder's source: its n-grams are drafts too
+            self.store.add_sequence(self._source_list)
+        self.store.add_sequence(self.token_list(input_ids))
         self._indexed = input_ids.shape[1]
 
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        history = input_ids[0].tolist()
+        history = self.token_list(input_ids)
         drafted: list[int] = []
         bucket = None
         for _ in range(max_tokens):
@@ -123,12 +123,12 @@ class NASDStrategy(SpeculativeStrategy):
             bucket = prediction[1] if bucket is None else bucket
         if drafted and self.config.skip_unprofitable_drafts and not self.gate.should_draft(bucket):
             drafted = []
-        return Draft(torch.tensor(drafted, dtype=torch.long, device=input_ids.device), bucket=bucket)
+        return Draft(torch.tensor(drafted, dtype=torch.long), bucket=bucket)  # a CPU tensor: the engine moves it
 
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
         super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
         observe_gate(self.gate, draft, num_accepted, forward_seconds)
-        tokens = input_ids[0].tolist()
+        tokens = self.token_list(input_ids)
         self.store.add_sequence(tokens, start=self._indexed)
         self._indexed = len(tokens)
         if self.config.top_k_filler > 1:

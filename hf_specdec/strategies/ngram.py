@@ -45,25 +45,27 @@ class NGramConfig(StrategyConfig, NGramDrafterMixin):
                              f"{self.max_ngram_size}.")
 
 
-def match_suffix(tokens: torch.LongTensor, ngram_size: int) -> tuple[int, bool] | None:
+def match_suffix(tokens: list[int], ngram_size: int) -> tuple[int, bool] | None:
     """Where the continuation of the latest earlier occurrence of the last `ngram_size` tokens starts, and whether
     every earlier occurrence was followed by the same token (a consistent match is accepted far more often).
 
-    tokens: `[n]`; None when the suffix does not occur earlier.
+    tokens: a host list `[n]` (plain Python: prompt lookup costs microseconds and never reads the device); None when
+    the suffix does not occur earlier.
     """
-    if tokens.numel() <= ngram_size:
+    n = len(tokens)
+    if n <= ngram_size:
         return None
-    suffix = tokens[-ngram_size:]
-    windows = tokens[:-1].unfold(0, ngram_size, 1)  # [n - ngram_size, ngram_size]; excludes the suffix itself
-    starts = (windows == suffix).all(dim=1).nonzero().flatten() + ngram_size  # continuation starts
-    if starts.numel() == 0:
+    suffix, last = tokens[n - ngram_size:], tokens[-1]
+    # continuation starts: i + 1 for every earlier i that ends an occurrence of the suffix (the suffix itself excluded)
+    starts = [i + 1 for i in range(ngram_size - 1, n - 1)
+              if tokens[i] == last and tokens[i + 1 - ngram_size : i + 1] == suffix]
+    if not starts:
         return None
-    followers = tokens[starts]
-    return int(starts[-1]), bool((followers == followers[-1]).all())
+    follower = tokens[starts[-1]]
+    return starts[-1], all(tokens[start] == follower for start in starts)
 
 
-def longest_match(tokens: torch.LongTensor, max_ngram_size: int, min_ngram_size: int,
-                  ) -> tuple[int, int, bool] | None:
+def longest_match(tokens: list[int], max_ngram_size: int, min_ngram_size: int) -> tuple[int, int, bool] | None:
     """`match_suffix` for the longest suffix from `max_ngram_size` down to `min_ngram_size` tokens that occurred
     earlier: (its size, where its continuation starts, consistent), or None."""
     for size in range(max_ngram_size, min_ngram_size - 1, -1):
@@ -76,18 +78,19 @@ def longest_match(tokens: torch.LongTensor, max_ngram_size: int, min_ngram_size:
 def lookup_draft(strategy: SpeculativeStrategy, input_ids: torch.LongTensor, max_ngram_size: int, min_ngram_size: int,
                  max_tokens: int) -> tuple[torch.LongTensor, int, bool] | None:
     """Prompt lookup over `strategy.lookup_tokens` (an encoder-decoder's source ids, then the output so far): the
-    draft `[<= max_tokens]`, the matched n-gram's size and whether the match is consistent; None without a match.
-    A draft copied from the source stops at the source's end."""
+    draft `[<= max_tokens]` (a CPU tensor: the engine moves it with the step's other inputs), the matched n-gram's
+    size and whether the match is consistent; None without a match. A draft copied from the source stops at the
+    source's end."""
     tokens = strategy.lookup_tokens(input_ids)
     match = longest_match(tokens, max_ngram_size, min_ngram_size)
     if match is None:
         return None
     size, start, consistent = match
     end = start + max_tokens
-    source_length = 0 if strategy.source_ids is None else strategy.source_ids.numel()
+    source_length = len(strategy._source_list)
     if start < source_length:
         end = min(end, source_length)
-    return tokens[start:end], size, consistent
+    return torch.tensor(tokens[start:end], dtype=torch.long), size, consistent
 
 
 # Prompt lookup in front of another drafter (MedusaStrategy, DraftModelStrategy): the longest suffix tried first.
@@ -115,11 +118,11 @@ class NGramStrategy(SpeculativeStrategy):
     def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         found = lookup_draft(self, input_ids, self.config.max_ngram_size, self.config.min_ngram_size, max_tokens)
         if found is None:
-            return Draft(input_ids.new_empty(0))
+            return Draft.empty()
         tokens, size, consistent = found
         bucket = 2 * size + consistent  # the gate learns per (match length, consistency)
         if self.config.skip_unprofitable_drafts and not self.gate.should_draft(bucket):
-            return Draft(input_ids.new_empty(0), bucket=bucket)
+            return Draft(tokens[:0], bucket=bucket)
         return Draft(tokens, bucket=bucket)
 
     def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
