@@ -219,6 +219,10 @@ class DraftModelStrategy(SpeculativeStrategy):
     def _check_pair(self, target: PreTrainedModel) -> None:
         """Refuses a draft that cannot draft for `target`, naming the fix."""
         draft = self.draft_model
+        if getattr(draft, "_is_stateful", False):
+            raise ValueError(f"The draft ({type(draft).__name__}) keeps a recurrent state that cannot be rolled back "
+                             "to an earlier token, so its cache could not follow rejected drafts. Use a pure-attention "
+                             "draft (e.g. a few layers of the target: recipes/distill_draft.py).")
         if target.config.is_encoder_decoder != draft.config.is_encoder_decoder:
             kind = "an encoder-decoder" if target.config.is_encoder_decoder else "a decoder-only"
             raise ValueError(f"The target is {kind} model, the draft is not: DraftModelStrategy needs a draft of the "
