@@ -47,19 +47,29 @@ def test_user_cache_continues_a_conversation(tiny_llama):
     assert torch.equal(actual, expected)
 
 
-def test_draft_cache_is_cropped_to_accepted_tokens(tiny_llama, tiny_draft):
+def test_draft_cache_is_cropped_to_accepted_tokens(tiny_llama, tiny_draft, monkeypatch):
+    from hf_specdec.drafters.draft_cache import DraftCacheRows
+    from hf_specdec.engine.cache import self_attention_cache
+
     strategy = draft_strategy(tiny_draft, num_speculative_tokens=4)
     seen = []
-    original = strategy._sync_cache
+    original_sync, original_feed = DraftCacheRows.sync, DraftCacheRows.feed
 
-    def spy(tokens):
-        pending = original(tokens)
-        # after syncing, the draft cache is a prefix of the current sequence
-        assert strategy._cached_tokens == tokens[: len(strategy._cached_tokens)]
-        assert strategy._cache.get_seq_length() == len(strategy._cached_tokens)
-        seen.append(pending.shape[1])
+    def sync(self, row, tokens):
+        pending = original_sync(self, row, tokens)
+        # after syncing, the draft cache holds a prefix of the current sequence
+        assert self.tokens[row] == tokens[: len(self.tokens[row])]
+        seen.append(len(pending))
         return pending
 
-    strategy._sync_cache = spy
+    def feed(self, inputs, known):
+        out = original_feed(self, inputs, known)
+        # a batch of one stays dense: its slots are exactly the tokens it holds (rejected drafts cropped)
+        assert self_attention_cache(self.cache).get_seq_length() == self.width - out[0].shape[1]
+        assert self.width == len(self.tokens[0]) + len(self.unconfirmed[0])
+        return out
+
+    monkeypatch.setattr(DraftCacheRows, "sync", sync)
+    monkeypatch.setattr(DraftCacheRows, "feed", feed)
     tiny_llama.generate(repetitive_prompt(10), max_new_tokens=20, do_sample=False, assistant_model=strategy)
     assert seen and all(n >= 1 for n in seen)

@@ -14,7 +14,7 @@ from hf_specdec.strategies.ngram import match_suffix
 
 
 def test_match_suffix_uses_the_latest_earlier_match_and_checks_consistency():
-    tokens = torch.tensor([5, 6, 7, 8, 5, 6, 9, 1, 5, 6])
+    tokens = [5, 6, 7, 8, 5, 6, 9, 1, 5, 6]
     assert match_suffix(tokens, 2) == (6, False)  # the later "5 6" (followed by 9) wins; the first was followed by 7
     assert match_suffix(tokens, 3) is None  # "1 5 6" never occurred before
     assert match_suffix(tokens[:2], 2) is None  # too short to hold an earlier match

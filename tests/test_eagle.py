@@ -131,9 +131,10 @@ def test_drafter_cache_after_rejections_equals_the_accepted_paths(target, fitted
     features = target(out[:, :-1], output_hidden_states=True).hidden_states[-1][0]  # [n - 1, H]
     fresh = DrafterCache()
     fitted_drafter.step(features, out[0, 1:], torch.arange(out.shape[1] - 1), fresh)
-    assert len(strategy._cache) == len(fresh) == out.shape[1] - 1
-    torch.testing.assert_close(strategy._cache.keys, fresh.keys, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(strategy._cache.values, fresh.values, atol=1e-4, rtol=1e-4)
+    cache = strategy.rows[0].cache
+    assert len(cache) == len(fresh) == out.shape[1] - 1
+    torch.testing.assert_close(cache.keys, fresh.keys, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cache.values, fresh.values, atol=1e-4, rtol=1e-4)
 
 
 def test_cpu_kernels_keep_greedy_output(target, plain_outputs, fitted_drafter):

@@ -18,7 +18,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from ..compat import CACHE_KWARG
 from ..cpu_speedups import fast_kernels_for_call
-from ..strategies.base import Draft, SpeculativeStrategy
+from ..strategies.base import Draft, RowOutcome, SpeculativeStrategy
 from .cache import check_cache, compact
 from .checks import check_request, is_batch
 from .emit import emit_rows
@@ -72,6 +72,7 @@ def decode(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict, batc
     """The prefill, then steps until every row has finished. A batch's cache is left compacted: each row's live
     slots (all its tokens but the last) at the right end, left-padded."""
     rows = start_rows(run, input_ids, model_kwargs)
+    strategy = run.strategy
     try:
         slot_mask = prefill(run, rows, input_ids, model_kwargs, batched)
         # A batch chooses its verify width and whether to draft at all from measured costs; a strategy told not to
@@ -84,30 +85,33 @@ def decode(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict, batc
         if slot_mask is not None and not bool(slot_mask.all()):
             compact(run.cache, slot_mask, max(len(row.tokens) - 1 for row in rows))
     finally:
+        strategy.end()
         for row in rows:
-            row.strategy.end()
-            row.strategy.host_tokens = None
+            row.state.host_tokens = None
     for row in rows:
-        row.strategy.finish_stats(row.stats)
+        strategy.finish_stats(row.state, row.stats)
     return rows
 
 
 def start_rows(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict) -> list[Row]:
-    """A row per prompt; a batch of one drafts with the user's strategy, a larger batch with a fork per row."""
+    """A row per prompt (its padding removed), and the strategy's state for each."""
     mask = model_kwargs.get("attention_mask")
     host_ids = input_ids.tolist()
     host_mask = None if mask is None else mask.tolist()
-    rows = []
+    paddings = []
     for b, tokens in enumerate(host_ids):
         padding = 0 if host_mask is None else next((i for i, m in enumerate(host_mask[b]) if m), len(tokens))
         if host_mask is not None and not all(host_mask[b][padding:]):
             raise ValueError("The attention_mask has padding on the right (or inside a row); pad on the left, as for "
                              "plain batched generate: tokenizer.padding_side = 'left'.")
-        strategy = run.strategy if input_ids.shape[0] == 1 else run.strategy.fork()
-        strategy.batch_rows = input_ids.shape[0]
-        row = Row(strategy, input_ids[b : b + 1], padding, tokens[padding:])
-        strategy.host_tokens = row.tokens  # the host mirror the engine keeps up to date
-        strategy.begin(run.model, row.ids, run.generation_config, run.logits_processor)
+        paddings.append(padding)
+    strategy = run.strategy
+    strategy.begin(run.model, [input_ids[b : b + 1, p:] for b, p in enumerate(paddings)], run.generation_config,
+                   run.logits_processor)
+    rows = []
+    for b, (tokens, padding) in enumerate(zip(host_ids, paddings)):
+        row = Row(strategy.rows[b], input_ids[b : b + 1], padding, tokens[padding:])
+        row.state.host_tokens = row.tokens  # the host mirror the engine keeps up to date
         rows.append(row)
     return rows
 
@@ -122,14 +126,15 @@ def prefill(run: DecodeRun, rows: list[Row], input_ids: torch.LongTensor, model_
     outputs = run.model._prefill(input_ids, run.generation_config, model_kwargs)
     logits = outputs.logits[:, -1].to(dtype=torch.float32, copy=True)  # [B, V]
     hidden = last_hidden_states(run.model, outputs) if run.hidden_wanted else None  # [B, L, H]
-    first = [first_token(run, row, logits[b : b + 1]) for b, row in enumerate(rows)]
+    first = first_tokens(run, rows, logits)
     emit_rows(run, rows, [[token] for _, token in first])
     seconds = synchronized_now(input_ids.device) - start
+    # Every prompt position's state (row i produced token i + 1): Medusa reads the last, EAGLE all of them.
+    run.strategy.observe_rows([RowOutcome(b, row.ids, Draft.empty(), 0, scores, None,
+                                          None if hidden is None else hidden[b, row.padding:])
+                               for b, (row, (scores, _)) in enumerate(zip(rows, first))])
     for b, (row, (scores, _)) in enumerate(zip(rows, first)):
         run.record.add(scores, logits[b : b + 1])
-        # Every prompt position's state (row i produced token i + 1): Medusa reads the last, EAGLE all of them.
-        row.strategy.observe(row.ids, Draft.empty(), 0, scores, None,
-                             None if hidden is None else hidden[b, row.padding:])
         row.stats.target_forwards += 1
         row.stats.prefill_time = seconds
     mask = model_kwargs.get("attention_mask")
@@ -138,13 +143,14 @@ def prefill(run: DecodeRun, rows: list[Row], input_ids: torch.LongTensor, model_
     return torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
 
 
-def first_token(run: DecodeRun, row: Row, logits: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(scores `[1, V]`, the first new token) from the prefill's last logits `[1, V]`."""
-    scores = run.logits_processor(row.view, logits.clone())  # [1, V]
-    strategy = row.strategy
+def first_tokens(run: DecodeRun, rows: list[Row], logits: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """(scores `[1, V]`, the first new token) of every row from the prefill's last logits `[B, V]`."""
+    scores = [run.logits_processor(row.view, logits[b : b + 1].clone()) for b, row in enumerate(rows)]  # [1, V] each
+    strategy = run.strategy
     if strategy.drafts_every_position:  # the verifier's scores need the draft's distribution here too
-        scores = strategy.verification_scores(scores, strategy.propose(row.ids, 0))
-    return scores, select_token(scores[0], run.do_sample)
+        drafts = strategy.propose_rows([(b, row.ids, 0) for b, row in enumerate(rows)])
+        scores = [strategy.verification_scores(row.state, s, d) for row, s, d in zip(rows, scores, drafts)]
+    return [(s, select_token(s[0], run.do_sample)) for s in scores]
 
 
 def encoder_inputs(model: PreTrainedModel, inputs_tensor: torch.Tensor | None, model_kwargs: dict) -> dict | None:

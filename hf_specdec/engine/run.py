@@ -17,7 +17,7 @@ from ..compat import CACHE_KWARG
 from ..stats import GenerationStats
 
 if TYPE_CHECKING:
-    from ..strategies.base import SpeculativeStrategy
+    from ..strategies.base import RowState, SpeculativeStrategy
 
 ENCODER_KWARGS = ("encoder_outputs", "attention_mask")  # what every decoder forward of an encoder-decoder re-reads
 
@@ -27,7 +27,7 @@ class DecodeRun:
     """One speculative `generate` call: the target, its cache, generate's processors and criteria."""
 
     model: PreTrainedModel
-    strategy: "SpeculativeStrategy"  # the user's; a batch's rows draft with forks of it
+    strategy: "SpeculativeStrategy"  # the user's: one object drafts for every row
     cache: Cache
     logits_processor: LogitsProcessorList
     stopping_criteria: StoppingCriteriaList
@@ -60,7 +60,7 @@ class DecodeRun:
 class Row:
     """One row of the batch (a batch of one is a batch)."""
 
-    strategy: "SpeculativeStrategy"  # this row's drafter state
+    state: "RowState"  # this row's drafter state, inside the call's one strategy
     view: torch.LongTensor  # [1, L] on the target's device: the row as plain generate holds it (left padding included)
     padding: int  # left padding in `view`
     tokens: list[int]  # host mirror of the row's real tokens (view[0, padding:]), what drafters read

@@ -33,13 +33,13 @@ def tree_scores(logits_processor: LogitsProcessorList, input_ids: torch.LongTens
     return torch.cat(rows, dim=0)
 
 
-def row_scores(logits_processor: LogitsProcessorList, strategy, view: torch.LongTensor, draft: RowDraft,
+def row_scores(logits_processor: LogitsProcessorList, strategy, state, view: torch.LongTensor, draft: RowDraft,
                logits: torch.Tensor) -> torch.Tensor:
     """The scores `[1 + N, V]` a row's draft is verified against: processed, and for a chain what the strategy
     verifies against (the target's own, or a mixture's log q*)."""
     if draft.is_chain:
         scores = process_scores(logits_processor, view, draft.tokens, logits)
-        return strategy.verification_scores(scores, draft.draft)
+        return strategy.verification_scores(state, scores, draft.draft)
     return tree_scores(logits_processor, view, draft, logits)
 
 

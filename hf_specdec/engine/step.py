@@ -8,7 +8,7 @@ import torch
 
 from ..compat import CACHE_KWARG
 from ..stats import StepEvent
-from ..strategies.base import Draft
+from ..strategies.base import Draft, RowOutcome
 from .cache import commit, maybe_compact, self_attention_cache
 from .checks import check_attention
 from .drafts import RowDraft
@@ -27,7 +27,7 @@ def step(run: DecodeRun, rows: list[Row], slot_mask: torch.BoolTensor | None, co
     t0 = synchronized_now(device)
     drafting = gate is None or gate.should_draft()
     emitted_before = sum(row.stats.new_tokens for row in rows)
-    proposals = [None if row.finished else propose_row(run, row, drafting) for row in rows]
+    proposals = propose(run, rows, drafting)
     largest = max((d.num_nodes for d in proposals if d is not None), default=0)
     width = largest if costs is None else choose_width(rows, proposals, costs)
     drafts = [p if p is None or p.num_nodes <= width else RowDraft.of(p.draft, width, device) for p in proposals]
@@ -40,10 +40,10 @@ def step(run: DecodeRun, rows: list[Row], slot_mask: torch.BoolTensor | None, co
     counts = emit_rows(run, rows, [None if v is None else v.tokens for v in verdicts])
     kept = [[] if v is None else ([0] + [1 + node for node in v.path])[:count] for v, count in zip(verdicts, counts)]
     drafting_rows = max(1, sum(d is not None for d in drafts))
-    for b, (row, draft, verdict) in enumerate(zip(rows, drafts, verdicts)):
-        if verdict is not None:
-            settle(run, row, draft, verdict, kept[b], logits[b], None if hidden is None else hidden[b],
-                   (t1 - t0) / drafting_rows, t2 - t1)
+    outcomes = [settle(run, b, row, draft, verdict, kept[b], logits[b], None if hidden is None else hidden[b],
+                       (t1 - t0) / drafting_rows, t2 - t1)
+                for b, (row, draft, verdict) in enumerate(zip(rows, drafts, verdicts)) if verdict is not None]
+    run.strategy.observe_rows(outcomes)
     if gate is not None:
         gate.record(drafting, sum(row.stats.new_tokens for row in rows) - emitted_before,
                     synchronized_now(device) - t0)
@@ -53,14 +53,28 @@ def step(run: DecodeRun, rows: list[Row], slot_mask: torch.BoolTensor | None, co
     return slot_mask
 
 
-def propose_row(run: DecodeRun, row: Row, drafting: bool = True) -> RowDraft:
-    """The row's draft; with `drafting` False none (a strategy that scores every position still scores this one)."""
-    strategy = row.strategy
-    max_draft = min(strategy.draft_budget(), row.budget(run.generation_config.max_length) - 1) if drafting else 0
-    wants = max_draft > 0 or strategy.drafts_every_position
-    draft = strategy.propose(row.ids, max_draft) if wants else Draft.empty()
-    nodes = max_draft if draft.tree is None else draft.tree.tree.num_nodes
-    return RowDraft.of(draft, nodes, row.view.device)
+def propose(run: DecodeRun, rows: list[Row], drafting: bool = True) -> list[RowDraft | None]:
+    """Every unfinished row's draft, asked of the strategy at once; with `drafting` False none (a strategy that
+    scores every position still scores this one). None for finished rows."""
+    strategy, requests = run.strategy, []
+    for b, row in enumerate(rows):
+        if row.finished:
+            continue
+        budget = row.budget(run.generation_config.max_length) - 1
+        max_draft = min(strategy.draft_budget(row.state), budget) if drafting else 0
+        if max_draft > 0 or strategy.drafts_every_position:
+            requests.append((b, row.ids, max_draft))
+    drafts = dict(zip([b for b, _, _ in requests], strategy.propose_rows(requests)))
+    proposals: list[RowDraft | None] = []
+    for b, row in enumerate(rows):
+        if row.finished:
+            proposals.append(None)
+            continue
+        draft = drafts.get(b, Draft.empty())
+        max_draft = next((k for index, _, k in requests if index == b), 0)
+        nodes = max_draft if draft.tree is None else draft.tree.tree.num_nodes
+        proposals.append(RowDraft.of(draft, nodes, row.view.device))
+    return proposals
 
 
 def verify_inputs(run: DecodeRun, rows: list[Row], drafts: list[RowDraft | None], width: int,
@@ -127,21 +141,24 @@ def verify_forward(run: DecodeRun, rows: list[Row], drafts: list[RowDraft | None
     return outputs.logits[:, -length:].float(), hidden
 
 
-def settle(run: DecodeRun, row: Row, draft: RowDraft, verdict: Verdict, kept: list[int], logits: torch.Tensor,
-           hidden: torch.Tensor | None, draft_seconds: float, forward_seconds: float) -> None:
-    """A row's bookkeeping after emitting: output scores, the strategy's lesson, statistics, step listeners."""
+def settle(run: DecodeRun, index: int, row: Row, draft: RowDraft, verdict: Verdict, kept: list[int],
+           logits: torch.Tensor, hidden: torch.Tensor | None, draft_seconds: float, forward_seconds: float,
+           ) -> RowOutcome:
+    """A row's bookkeeping after emitting (output scores, statistics, step listeners); returns what its drafter
+    learns."""
     emitted, accepted = len(kept), len(verdict.path)
-    index = torch.tensor(kept, device=logits.device) if not draft.is_chain else None
-    scores = verdict.scores[:emitted] if index is None else verdict.scores[index]
+    index_rows = torch.tensor(kept, device=logits.device) if not draft.is_chain else None
+    scores = verdict.scores[:emitted] if index_rows is None else verdict.scores[index_rows]
     if run.record.as_dict:
-        run.record.add(scores, logits[:emitted] if index is None else logits[index])
-    row_hidden = None if hidden is None else (hidden[:emitted] if index is None else hidden[index])
-    row.strategy.observe(row.ids, draft.draft, accepted, scores, forward_seconds, row_hidden)
+        run.record.add(scores, logits[:emitted] if index_rows is None else logits[index_rows])
+    row_hidden = None if hidden is None else (hidden[:emitted] if index_rows is None else hidden[index_rows])
     count_step(row.stats, draft.depth, min(accepted, emitted), emitted, draft_seconds, forward_seconds)
-    if row.strategy.step_listeners:
+    listeners = run.strategy.step_listeners
+    if listeners:
         drafted = draft.tokens.tolist() if draft.is_chain else verdict.tokens[:accepted]
         event = StepEvent(tuple(drafted), accepted, tuple(row.tokens[len(row.tokens) - emitted:]))
-        for listener in row.strategy.step_listeners:
+        for listener in listeners:
             listener(event)
     if draft.depth:
         row.acceptance = 0.3 * (accepted / draft.depth) + 0.7 * row.acceptance
+    return RowOutcome(index, row.ids, draft.draft, accepted, scores, forward_seconds, row_hidden)

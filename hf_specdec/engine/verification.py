@@ -41,7 +41,7 @@ def check_verification(config: StrategyConfig, generation_config: GenerationConf
 def verify_rows(run: DecodeRun, rows: list[Row], drafts: list[RowDraft | None], logits: torch.Tensor,
                 ) -> list[Verdict | None]:
     """Verdicts for every row with a draft; `logits` `[B, 1 + W, V]` from the verify forward."""
-    scores = [None if d is None else row_scores(run.logits_processor, row.strategy, row.view, d,
+    scores = [None if d is None else row_scores(run.logits_processor, run.strategy, row.state, row.view, d,
                                                 logits[b, : 1 + d.num_nodes])
               for b, (row, d) in enumerate(zip(rows, drafts))]
     config = run.strategy.config
@@ -52,7 +52,7 @@ def verify_rows(run: DecodeRun, rows: list[Row], drafts: list[RowDraft | None], 
                     for d, s in zip(drafts, scores)]
     for row, draft, verdict in zip(rows, drafts, verdicts):
         if verdict is not None and draft.is_chain and draft.num_nodes and len(verdict.path) == draft.num_nodes:
-            take_bonus(row, draft, verdict, run.do_sample)
+            take_bonus(run, row, draft, verdict)
     return verdicts
 
 
@@ -109,9 +109,9 @@ def sampled_verdict(config: StrategyConfig, do_sample: bool, draft: RowDraft, sc
     return Verdict(path, accepted_tokens + [next_token], scores)
 
 
-def take_bonus(row: Row, draft: RowDraft, verdict: Verdict, do_sample: bool) -> None:
+def take_bonus(run: DecodeRun, row: Row, draft: RowDraft, verdict: Verdict) -> None:
     """Every drafted token accepted: a strategy whose bonus row was provisional (a mixture's q*) gives it now."""
-    bonus = row.strategy.bonus_scores(row.ids, draft.tokens)
+    bonus = run.strategy.bonus_scores(row.state, row.ids, draft.tokens)
     if bonus is not None:  # [V]
         verdict.scores[-1] = bonus
-        verdict.tokens[-1] = select_token(bonus, do_sample)
+        verdict.tokens[-1] = select_token(bonus, run.do_sample)

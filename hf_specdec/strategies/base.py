@@ -16,7 +16,7 @@ from transformers.generation.candidate_generator import CandidateGenerator
 from ..config import StrategyConfig, push_folder_to_hub
 from ..publishing import (check_target_fits, read_target_file, resolve_folder, target_fingerprint,
                           write_custom_generate, write_model_card, write_target_file)
-from ..schedules import make_schedule
+from ..schedules import KSchedule, make_schedule
 from ..stats import GenerationStats, StepEvent
 from ..tree import TreeDraft
 
@@ -43,11 +43,46 @@ class Draft:
         return cls(torch.empty(0, dtype=torch.long, device=device))
 
 
+class RowState:
+    """One row's drafting state for one `generate` call: its K schedule and the engine's host mirror of its tokens;
+    strategies subclass it with their own (cost gate, n-gram store, hidden state, drafter cache, ...)."""
+
+    def __init__(self, schedule: KSchedule) -> None:
+        self.schedule = schedule
+        # The engine's host mirror of the row's tokens during a call (kept current by it), so drafters read tokens
+        # without a device-to-host transfer per step; None outside a call.
+        self.host_tokens: list[int] | None = None
+
+    def token_list(self, input_ids: torch.LongTensor) -> list[int]:
+        """`input_ids[0]` (`[1, n]`) as a host list: the engine's mirror when it is current (no device read), else
+        read from the tensor (a strategy called outside our loop)."""
+        mirror = self.host_tokens
+        if mirror is not None and len(mirror) == input_ids.shape[-1]:
+            return mirror
+        return input_ids[0].tolist()
+
+
+@dataclass
+class RowOutcome:
+    """What one row's verify step (or the prefill) tells its drafter; see `SpeculativeStrategy.observe_row`."""
+
+    row: int
+    input_ids: torch.LongTensor
+    draft: Draft
+    num_accepted: int
+    target_scores: torch.Tensor
+    forward_seconds: float | None
+    hidden_states: torch.Tensor | None = None
+
+
 class SpeculativeStrategy(CandidateGenerator):
     """Base class of every hf_specdec strategy. Pass an instance as `model.generate(..., assistant_model=strategy)`.
 
-    Subclasses implement `propose`; they may extend `begin` (per-call setup), `observe` (learn from the verify step)
-    and `end`. `last_stats` holds the `GenerationStats` of the latest `generate` call.
+    One object drafts for every row of a batch: `begin` makes a `RowState` per row (`self.rows`), the engine asks
+    `propose_rows` for every row's draft at once and reports back through `observe_rows`. Subclasses implement
+    `propose_row` (one row; a drafter that gains from batching overrides `propose_rows`) and may extend
+    `new_row`/`start_row` (per-row state), `observe_row` and `begin`/`end`. `last_stats` holds the
+    `GenerationStats` of the latest `generate` call.
     """
 
     config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
@@ -64,7 +99,7 @@ class SpeculativeStrategy(CandidateGenerator):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}.")
         self.config = config
-        self.schedule = make_schedule(config)
+        self.rows: list[RowState] = []
         self.last_stats: GenerationStats | None = None
         self.step_listeners: list[Callable[[StepEvent], None]] = []
         self.target: PreTrainedModel | None = None
@@ -73,38 +108,42 @@ class SpeculativeStrategy(CandidateGenerator):
         self._last_draft_length = 0
         # The target this strategy was saved for (`hf_specdec_target.json`), checked in `begin`; None: any target.
         self.made_for: dict[str, Any] | None = None
-        # Rows of the batch this strategy drafts one row of (set by the batched engine on its row strategies): a
-        # row's drafting runs while the other rows wait, so drafting that costs time weighs this many times more.
-        self.batch_rows = 1
         # Encoder-decoder targets: what the encoder read this call (see `set_encoder_inputs`), else None.
         self.encoder_inputs: dict[str, torch.Tensor] | None = None
         self.source_ids: torch.LongTensor | None = None
         self._source_list: list[int] = []
-        # The engine's host mirror of the row's tokens during a call (kept current by it), so drafters read tokens
-        # without a device-to-host transfer per step; None outside a call.
-        self.host_tokens: list[int] | None = None
 
     @property
     def lossless(self) -> bool:
         """False only for typical acceptance, which changes the output distribution."""
         return self.config.verification != "typical"
 
-    def fork(self) -> SpeculativeStrategy:
-        """A fresh strategy with these settings and the same weights (heads, draft model), for one row of a batch:
-        its own K schedule, cost gate and drafter state."""
-        args, kwargs = self._fork_components()
-        twin = type(self)(*args, config=self.config, **kwargs)
-        twin.made_for = self.made_for
-        return twin
+    # ---- per-row state ---------------------------------------------------------------------------------------
+    def new_row(self) -> RowState:
+        """A fresh row state; subclasses return their own RowState subclass."""
+        return RowState(make_schedule(self.config))
 
-    def _fork_components(self) -> tuple[tuple, dict]:
-        """The constructor's positional and keyword arguments besides the config (shared, not copied)."""
-        return (), {}
+    def start_row(self, input_ids: torch.LongTensor) -> RowState:
+        """The state of a row starting from `input_ids` (`[1, n]`, padding removed); a drafter that learns from
+        the prompt (NASD's store) reads it here."""
+        return self.new_row()
+
+    @property
+    def row(self) -> RowState:
+        """Row 0's state, what the single-row methods (`propose`, `observe`, Transformers' `get_candidates`) use."""
+        if not self.rows:
+            self.rows = [self.new_row()]
+        return self.rows[0]
+
+    @property
+    def schedule(self) -> KSchedule:
+        return self.row.schedule
 
     # ---- lifecycle, driven by `hf_specdec.engine` --------------------------------------------------------------
-    def begin(self, target: PreTrainedModel, input_ids: torch.LongTensor, generation_config: GenerationConfig,
-              logits_processor: LogitsProcessorList) -> None:
-        """Called once per `generate` call, before the prefill. Subclasses validate the target here."""
+    def begin(self, target: PreTrainedModel, input_ids: torch.LongTensor | list[torch.LongTensor],
+              generation_config: GenerationConfig, logits_processor: LogitsProcessorList) -> None:
+        """Called once per `generate` call, before the prefill, with every row's prompt (`[B, n]`, or a list of
+        `[1, n_b]` rows with their padding removed). Subclasses validate the target here."""
         check_target_fits(self.made_for, target)
         if target is not None and target.config.is_encoder_decoder and not self.supports_encoder_decoder:
             raise ValueError(f"{type(self).__name__} supports decoder-only targets; {type(target).__name__} is an "
@@ -113,6 +152,8 @@ class SpeculativeStrategy(CandidateGenerator):
         self.target = target
         self.generation_config = generation_config
         self.logits_processor = logits_processor
+        rows = list(input_ids.split(1)) if torch.is_tensor(input_ids) else list(input_ids)
+        self.rows = [self.start_row(ids) for ids in rows]
 
     def models(self) -> list[torch.nn.Module]:
         """The models besides the target this strategy runs (a draft model), which our loop may give the fast CPU
@@ -133,18 +174,10 @@ class SpeculativeStrategy(CandidateGenerator):
             self.source_ids = source[0] if mask is None else source[0][mask[0].bool()]
         self._source_list = [] if self.source_ids is None else self.source_ids.tolist()
 
-    def token_list(self, input_ids: torch.LongTensor) -> list[int]:
-        """`input_ids[0]` (`[1, n]`) as a host list: the engine's mirror when it is current (no device read), else
-        read from the tensor (a strategy called outside our loop)."""
-        mirror = self.host_tokens
-        if mirror is not None and len(mirror) == input_ids.shape[-1]:
-            return mirror
-        return input_ids[0].tolist()
-
-    def lookup_tokens(self, input_ids: torch.LongTensor) -> list[int]:
+    def lookup_tokens(self, row: RowState, input_ids: torch.LongTensor) -> list[int]:
         """The tokens prompt lookup searches, as a host list `[S + n]`: the encoder's source ids (if any), then the
         output so far (the latest occurrence wins, so the output's own repeats come before the source's)."""
-        tokens = self.token_list(input_ids)
+        tokens = row.token_list(input_ids)
         return self._source_list + tokens if self._source_list else tokens
 
     @property
@@ -154,32 +187,45 @@ class SpeculativeStrategy(CandidateGenerator):
         prefill and the last token."""
         return False
 
-    def verification_scores(self, target_scores: torch.Tensor, draft: Draft) -> torch.Tensor:
+    def verification_scores(self, row: RowState, target_scores: torch.Tensor, draft: Draft) -> torch.Tensor:
         """The scores `[k + 1, V]` a step verifies against and emits from: here the target's own processed scores;
         a strategy sampling another distribution (DraftModelStrategy with a GeometricMixture) returns its log-probs."""
         return target_scores
 
-    def bonus_scores(self, input_ids: torch.LongTensor, draft_tokens: torch.LongTensor) -> torch.Tensor | None:
+    def bonus_scores(self, row: RowState, input_ids: torch.LongTensor, draft_tokens: torch.LongTensor,
+                     ) -> torch.Tensor | None:
         """Called when every drafted token was accepted: the final scores `[V]` of the bonus position if
         `verification_scores` left that row provisional (then the loop draws the bonus token from these), else
         None (here: the target's row is final)."""
         return None
 
-    def finish_stats(self, stats: GenerationStats) -> None:
-        """Called once per `generate` call with its statistics, to add the strategy's own figures."""
+    def finish_stats(self, row: RowState, stats: GenerationStats) -> None:
+        """Called once per `generate` call and row with the row's statistics, to add the strategy's own figures."""
 
-    def draft_budget(self) -> int:
-        """The most tokens the next step may draft: the schedule's K (a strategy with more than one drafter, e.g.
-        prompt lookup in front of a model, may allow its cheap one more)."""
-        return self.schedule.next_k()
+    def draft_budget(self, row: RowState) -> int:
+        """The most tokens the row's next step may draft: the schedule's K (a strategy with more than one drafter,
+        e.g. prompt lookup in front of a model, may allow its cheap one more)."""
+        return row.schedule.next_k()
 
-    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        """Drafts at most `max_tokens` tokens to follow `input_ids` (`[1, n]`)."""
+    def propose_rows(self, requests: list[tuple[int, torch.LongTensor, int]]) -> list[Draft]:
+        """Every drafting row's draft at once: `requests` holds (row index, its tokens `[1, n]`, most tokens to
+        draft). Row by row here (n-gram stores cost microseconds); batched drafters override it."""
+        return [self.propose_row(self.rows[index], input_ids, max_tokens) for index, input_ids, max_tokens in requests]
+
+    def observe_rows(self, outcomes: list[RowOutcome]) -> None:
+        """What every row's verify step (or the prefill) gave; row by row here."""
+        for outcome in outcomes:
+            self.observe_row(self.rows[outcome.row], outcome.input_ids, outcome.draft, outcome.num_accepted,
+                             outcome.target_scores, outcome.forward_seconds, outcome.hidden_states)
+
+    def propose_row(self, row: RowState, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        """Drafts at most `max_tokens` tokens to follow `input_ids` (`[1, n]`) for one row."""
         raise NotImplementedError
 
-    def observe(self, input_ids: torch.LongTensor, draft: Draft, num_accepted: int, target_scores: torch.Tensor,
-                forward_seconds: float | None, hidden_states: torch.Tensor | None = None) -> None:
-        """Called after the prefill (empty draft, `forward_seconds=None`) and after each verify step.
+    def observe_row(self, row: RowState, input_ids: torch.LongTensor, draft: Draft, num_accepted: int,
+                    target_scores: torch.Tensor, forward_seconds: float | None,
+                    hidden_states: torch.Tensor | None = None) -> None:
+        """Called after the prefill (empty draft, `forward_seconds=None`) and after each verify step, per row.
 
         input_ids: `[1, n]` the sequence after this step. target_scores: `[m, V]` the target's processed scores for
         the m tokens this step emitted (row i scored the token now at `n - m + i`). hidden_states: `[m, H]` the
@@ -187,14 +233,27 @@ class SpeculativeStrategy(CandidateGenerator):
         every prompt position the prefill ran (`[P, H]`, row i produced the token after prompt position i, the last
         row the first new token). The base class updates the K schedule."""
         if draft.tokens.numel():
-            self.schedule.update(draft.tokens.numel(), num_accepted)
+            row.schedule.update(draft.tokens.numel(), num_accepted)
+
+    # ---- one row (row 0), for code that drives a strategy directly ----------------------------------------------
+    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        """`propose_row` for a single sequence (`[1, n]`)."""
+        self.row  # noqa: B018 (makes row 0 when no call has)
+        return self.propose_rows([(0, input_ids, max_tokens)])[0]
+
+    def observe(self, input_ids: torch.LongTensor, draft: Draft, num_accepted: int, target_scores: torch.Tensor,
+                forward_seconds: float | None, hidden_states: torch.Tensor | None = None) -> None:
+        """`observe_row` for a single sequence."""
+        self.row  # noqa: B018
+        self.observe_rows([RowOutcome(0, input_ids, draft, num_accepted, target_scores, forward_seconds,
+                                      hidden_states)])
 
     def end(self) -> None:
         """Called once per `generate` call, after the last step."""
 
     # ---- Transformers' CandidateGenerator interface, for code written against it ------------------------------
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs: Any) -> tuple[torch.LongTensor, torch.Tensor | None]:
-        draft = self.propose(input_ids, self.draft_budget())
+        draft = self.propose(input_ids, self.draft_budget(self.row))
         self._last_draft_length = draft.tokens.numel()
         candidate_ids = torch.cat([input_ids, draft.tokens.to(input_ids.device)[None]], dim=-1)
         candidate_logits = None if draft.probs is None else draft.probs.log()[None]

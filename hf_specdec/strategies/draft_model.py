@@ -9,7 +9,7 @@ follows q* ∝ draft^alpha * target^(1 - alpha) instead of the target alone (see
 
 from __future__ import annotations
 
-import functools
+import copy
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -17,18 +17,17 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
-from ..engine.run import accepts_logits_to_keep
 from ..engine.timing import synchronized_now
+from ..drafters.draft_cache import DraftCacheRows
 from ..distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
 from ..mixture_math import GeometricMixture
 from ..tokenizer_bridge import TokenizerBridge
-from ..schedules import DraftGate, ema, observe_gate
+from ..schedules import DraftGate, ema, make_schedule, observe_gate
 from .base import Draft, SpeculativeStrategy
-from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, lookup_draft
+from .ngram import LOOKUP_MAX_NGRAM, GatedRow, check_lookup_min_ngram, lookup_draft
 
 
 DRAFT_DIR = "draft"  # the draft model inside a strategy folder
@@ -93,6 +92,19 @@ def output_vocab_size(model: PreTrainedModel) -> int:
     return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
 
 
+class DraftRow(GatedRow):
+    """A row of a draft-model strategy: its schedule and gate, its row in the batched draft cache, its view of the
+    text (another tokenizer), and a GeometricMixture's alpha* figures."""
+
+    def __init__(self, schedule, gate: DraftGate, bridge: TokenizerBridge | None) -> None:
+        super().__init__(schedule, gate)
+        self.index = 0  # its row in the batched draft cache
+        self.bridge = bridge  # a draft with another tokenizer: this row's view of the text
+        self.alphas: torch.Tensor | None = None  # alpha* of the latest verified positions (mixture)
+        self.bonus_target_row: torch.Tensor | None = None  # the target's scores where `bonus_scores` may be asked
+        self.alpha_total, self.alpha_count = 0.0, 0
+
+
 class DraftModelStrategy(SpeculativeStrategy):
     """Classic speculative decoding (Leviathan et al. 2023; Chen et al. 2023) with any Hugging Face model as draft.
 
@@ -135,27 +147,24 @@ class DraftModelStrategy(SpeculativeStrategy):
             raise ValueError("verify_against=GeometricMixture needs the draft's and the target's distributions over "
                              "one vocabulary; a draft with another tokenizer has its own. Use a draft that shares "
                              "the target's tokenizer.")
-        self._cache: DynamicCache | EncoderDecoderCache | None = None
         self._encoder_kwargs: dict = {}  # an encoder-decoder draft's own encoder output, computed once per call
+        self._cache: DraftCacheRows | None = None  # every row's draft cache, for one call
         self._vocab: torch.LongTensor | None = None  # the draft vocabulary in use this call, see `begin`
         self._vocab_head_key: tuple | None = None  # which LM head and vocabulary `_vocab_head_t` was sliced from
-        self._cached_tokens: list[int] = []  # the tokens whose keys/values the draft cache holds, known on the host
-        self._unconfirmed = 0  # drafted tokens fed to the draft cache after those, not read back (see `observe`)
-        self._alphas: torch.Tensor | None = None  # alpha* of the latest verified positions (mixture)
-        self._bonus_target_row: torch.Tensor | None = None  # the target's scores where `bonus_scores` may be asked
-        self._alpha_total, self._alpha_count = 0.0, 0
+        self._draft_token_seconds: float | None = None  # EMA of one draft forward (one drafted token)
+
+    def new_row(self) -> DraftRow:
         # Starts optimistic (a whole draft accepted), so a good draft drafts from the first step; a useless one is
         # found out in a few steps and then only probed, ever more rarely.
-        self.gate = DraftGate(prior_accepted=float(self.config.num_speculative_tokens), max_probe_every=64)
-        self._draft_token_seconds: float | None = None  # EMA of one draft forward (one drafted token)
+        gate = DraftGate(prior_accepted=float(self.config.num_speculative_tokens), max_probe_every=64)
+        return DraftRow(make_schedule(self.config), gate, None if self.bridge is None else copy.copy(self.bridge))
+
+    @property
+    def gate(self) -> DraftGate:
+        return self.row.gate
 
     def models(self) -> list[torch.nn.Module]:
         return [self.draft_model]
-
-    def _fork_components(self) -> tuple[tuple, dict]:
-        tokenizers = {} if self.bridge is None else {"draft_tokenizer": self.bridge.draft_tokenizer,
-                                                     "target_tokenizer": self.bridge.target_tokenizer}
-        return (self.draft_model,), tokenizers
 
     def save_components(self, directory: Path, include_draft: bool = True) -> None:
         """`draft/`: the draft model (safetensors), or with `include_draft=False` only `draft_model.json`, a pointer
@@ -192,19 +201,14 @@ class DraftModelStrategy(SpeculativeStrategy):
         super().begin(target, input_ids, generation_config, logits_processor)
         self._check_pair(target)
         draft = self.draft_model
-        self._cached_tokens, self._unconfirmed, self._encoder_kwargs = [], 0, {}
-        self._alpha_total, self._alpha_count = 0.0, 0
-        if self.batch_rows > 1:  # a row of a batch: drafting must prove itself first (see `_drafting_cost`)
-            self.gate.prior_accepted = 1.0
-        if self.bridge is not None:
-            self.bridge.reset()
-        if draft.config.is_encoder_decoder:
-            self._cache = EncoderDecoderCache(DynamicCache(config=draft.config), DynamicCache(config=draft.config))
-            self._encoder_kwargs = self._run_draft_encoder()
-        else:
-            self._cache = DynamicCache(config=draft.config)
-        # like the target's: sliding-window layers must keep their past to be cropped back
-        (self._cache.self_attention_cache if draft.config.is_encoder_decoder else self._cache).activate_past_recording()
+        self._encoder_kwargs = self._run_draft_encoder() if draft.config.is_encoder_decoder else {}
+        self._cache = DraftCacheRows(draft, len(self.rows), self._encoder_kwargs)
+        for index, row in enumerate(self.rows):
+            row.index = index
+            if len(self.rows) > 1:  # a row of a batch: drafting must prove itself first (see `_drafting_cost`)
+                row.gate.prior_accepted = 1.0
+            if row.bridge is not None:
+                row.bridge.reset()
         use_vocab = self.config.use_draft_vocab and self.mixture is None  # q* needs the draft's full distribution
         self._vocab = carried_draft_vocab(draft) if use_vocab else None
         if self._vocab is not None:
@@ -250,55 +254,72 @@ class DraftModelStrategy(SpeculativeStrategy):
         return {"encoder_outputs": encoder_outputs, "attention_mask": inputs.get("attention_mask")}
 
     def end(self) -> None:
-        self._cache, self._cached_tokens, self._unconfirmed, self._encoder_kwargs = None, [], 0, {}
+        self._cache, self._encoder_kwargs = None, {}
 
-    def draft_budget(self) -> int:
-        k = self.schedule.next_k()
+    def draft_budget(self, row: DraftRow) -> int:
+        k = row.schedule.next_k()
         return max(k, self.config.lookup_num_tokens) if self.config.lookup_min_ngram and not self.mixture else k
 
     @property
     def drafts_every_position(self) -> bool:
         return self.mixture is not None
 
-    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        if self.mixture is not None:
-            return self._mixture_draft(input_ids, max_tokens)
-        if self.config.lookup_min_ngram:
-            found = lookup_draft(self, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram,
-                                 min(max_tokens, self.config.lookup_num_tokens))
+    def propose_rows(self, requests: list[tuple[int, torch.LongTensor, int]]) -> list[Draft]:
+        """Prompt lookup (if on) for each row; the rows left to the draft model draft together: K forwards of
+        `[B, 1]` over one batched draft cache, not K forwards per row."""
+        drafts: list[Draft | None] = [None] * len(requests)
+        model_rows = []  # (request, row index, tokens, most tokens)
+        for i, (index, input_ids, max_tokens) in enumerate(requests):
+            row = self.rows[index]
+            found = None if self.mixture is not None else self._lookup(row, input_ids, max_tokens)
             if found is not None:
-                tokens, size, consistent = found
-                bucket = 1 + 2 * size + consistent  # learnt apart from the model's drafts, as NGramStrategy does
-                if not self.config.skip_unprofitable_drafts or self.gate.should_draft(bucket):
-                    return Draft(tokens, bucket=bucket)
-        max_tokens = min(max_tokens, self.schedule.next_k())
-        if self.config.skip_unprofitable_drafts and not self.gate.should_draft(MODEL_BUCKET,
-                                                                               self._drafting_cost(max_tokens)):
-            return Draft(input_ids.new_empty(0), bucket=MODEL_BUCKET)
-        return self._timed(self._draft_other_tokens if self.bridge else self._draft, input_ids, max_tokens)
+                drafts[i] = found
+                continue
+            tokens = self._model_tokens(row, max_tokens)
+            if tokens or self.mixture is not None:  # q* needs the draft's distribution even with no token drafted
+                model_rows.append((i, index, input_ids, tokens))
+            else:
+                drafts[i] = Draft(input_ids.new_empty(0), bucket=MODEL_BUCKET)
+        if model_rows:
+            start = synchronized_now(self.draft_model.device)
+            drafted, forwards = (self._draft_other_tokens if self.bridge else self._draft)(model_rows)
+            if forwards:
+                seconds = (synchronized_now(self.draft_model.device) - start) / forwards
+                self._draft_token_seconds = ema(self._draft_token_seconds, seconds, self.rows[0].gate.ema_alpha)
+            for (i, *_), draft in zip(model_rows, drafted):
+                draft.bucket = MODEL_BUCKET
+                drafts[i] = draft
+        return drafts
 
-    def _mixture_draft(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        """q*: no lookup (it needs the draft's distribution at every position anyway); the gate may still cut the
-        draft to none, which costs what the plain q* sampler costs: one draft and one target forward per token."""
-        max_tokens = min(max_tokens, self.schedule.next_k())
-        # Not drafting costs a target and a draft forward per token, so an accepted token saves both; the first
-        # drafted token's forward is paid in any case (q* needs the distribution there), only the rest is extra.
-        if max_tokens and self.config.skip_unprofitable_drafts and not self.gate.should_draft(
-                MODEL_BUCKET, self._drafting_cost(max_tokens - 1), token_value=1 + self._drafting_cost(1)):
-            max_tokens = 0
-        return self._timed(functools.partial(self._draft, all_probs=True), input_ids, max_tokens)
+    def _lookup(self, row: DraftRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft | None:
+        """A prompt-lookup draft, when lookup is on, finds a match and (gated) pays; else None."""
+        if not self.config.lookup_min_ngram:
+            return None
+        found = lookup_draft(self, row, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram,
+                             min(max_tokens, self.config.lookup_num_tokens))
+        if found is None:
+            return None
+        tokens, size, consistent = found
+        bucket = 1 + 2 * size + consistent  # learnt apart from the model's drafts, as NGramStrategy does
+        if not self.config.skip_unprofitable_drafts or row.gate.should_draft(bucket):
+            return Draft(tokens, bucket=bucket)
+        return None
 
-    def _timed(self, draft_fn, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        """Runs a drafting function, keeping the EMA of one drafted token's cost for the gate."""
-        start = synchronized_now(self.draft_model.device)
-        draft = draft_fn(input_ids, max_tokens)
-        if draft.tokens.numel():
-            seconds = (synchronized_now(self.draft_model.device) - start) / draft.tokens.numel()
-            self._draft_token_seconds = ema(self._draft_token_seconds, seconds, self.gate.ema_alpha)
-        draft.bucket = MODEL_BUCKET
-        return draft
+    def _model_tokens(self, row: DraftRow, max_tokens: int) -> int:
+        """How many tokens the draft model drafts for this row: the schedule's K, or 0 where the gate says it does not
+        pay. With a mixture, not drafting costs a target and a draft forward per token, so an accepted token saves
+        both; the first drafted token's forward is paid in any case (q* needs the distribution there)."""
+        max_tokens = min(max_tokens, row.schedule.next_k())
+        if not max_tokens or not self.config.skip_unprofitable_drafts:
+            return max_tokens
+        if self.mixture is not None:
+            pays = row.gate.should_draft(MODEL_BUCKET, self._drafting_cost(max_tokens - 1),
+                                         token_value=1 + self._drafting_cost(1))
+        else:
+            pays = row.gate.should_draft(MODEL_BUCKET, self._drafting_cost(max_tokens))
+        return max_tokens if pays else 0
 
-    def verification_scores(self, target_scores: torch.Tensor, draft: Draft) -> torch.Tensor:
+    def verification_scores(self, row: DraftRow, target_scores: torch.Tensor, draft: Draft) -> torch.Tensor:
         """With a GeometricMixture: log q* `[k + 1, V]` from the target's scores and the draft's distributions (both
         after the same logits processors); otherwise the target's scores. A draft of k >= 1 tokens carries k
         distributions: the last row (the bonus position) keeps the target's scores until `bonus_scores` is asked
@@ -308,40 +329,41 @@ class DraftModelStrategy(SpeculativeStrategy):
         rows = 0 if draft.probs is None else draft.probs.shape[0]
         if rows == 0 or rows not in (draft.tokens.numel(), target_scores.shape[0]):
             raise RuntimeError("The mixture needs the draft's distribution at every verified position.")
-        log_q, self._alphas = self.mixture.log_probs(draft.probs.log(), target_scores[:rows].log_softmax(dim=-1))
-        self._bonus_target_row = target_scores[-1] if rows < target_scores.shape[0] else None
+        log_q, row.alphas = self.mixture.log_probs(draft.probs.log(), target_scores[:rows].log_softmax(dim=-1))
+        row.bonus_target_row = target_scores[-1] if rows < target_scores.shape[0] else None
         return torch.cat([log_q, target_scores[rows:]])
 
-    def bonus_scores(self, input_ids: torch.LongTensor, draft_tokens: torch.LongTensor) -> torch.Tensor | None:
+    def bonus_scores(self, row: DraftRow, input_ids: torch.LongTensor, draft_tokens: torch.LongTensor,
+                     ) -> torch.Tensor | None:
         """log q* `[V]` at the position after a fully accepted draft (`verification_scores` left it out), or None
         when that row is already final."""
-        if self._bonus_target_row is None:
+        if row.bonus_target_row is None:
             return None
         with torch.no_grad():
             sequence = torch.cat([input_ids, draft_tokens[None]], dim=-1).to(self.draft_model.device)  # [1, n + k]
-            tokens = self.token_list(input_ids) + draft_tokens.tolist()
-            self._confirm(tokens, draft_tokens.numel())  # all accepted
-            # the draft cache may hold drafted tokens past a batch's cut: sync it to this sequence first
-            logits = self._forward(self._sync_cache(tokens), tokens)  # [1, V]
+            tokens = row.token_list(input_ids) + draft_tokens.tolist()
+            self._cache.confirm(row.index, tokens, draft_tokens.numel())  # all accepted
+            pending = self._cache.sync(row.index, tokens)
+            logits = self._cache.forward({row.index: pending}, True, self._vocab_args())[row.index : row.index + 1]
             log_policy = self.logits_processor(sequence, logits).log_softmax(dim=-1).to(input_ids.device)  # [1, V]
-        log_q, alpha = self.mixture.log_probs(log_policy, self._bonus_target_row[None].log_softmax(dim=-1))
-        self._alphas, self._bonus_target_row = torch.cat([self._alphas, alpha]), None
+        log_q, alpha = self.mixture.log_probs(log_policy, row.bonus_target_row[None].log_softmax(dim=-1))
+        row.alphas, row.bonus_target_row = torch.cat([row.alphas, alpha]), None
         return log_q[0]
 
-    def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
-        super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
-        observe_gate(self.gate, draft, num_accepted, forward_seconds)
-        if self._unconfirmed:
-            self._confirm(self.token_list(input_ids), num_accepted)
-        if self._alphas is not None:  # alpha* at the positions whose token was emitted
-            emitted = self._alphas[: target_scores.shape[0]]
-            self._alpha_total += float(emitted.sum())
-            self._alpha_count += emitted.numel()
-            self._alphas = None
+    def observe_row(self, row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None):
+        super().observe_row(row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        observe_gate(row.gate, draft, num_accepted, forward_seconds)
+        if self._cache is not None and self._cache.unconfirmed[row.index]:
+            self._cache.confirm(row.index, row.token_list(input_ids), num_accepted)
+        if row.alphas is not None:  # alpha* at the positions whose token was emitted
+            emitted = row.alphas[: target_scores.shape[0]]
+            row.alpha_total += float(emitted.sum())
+            row.alpha_count += emitted.numel()
+            row.alphas = None
 
-    def finish_stats(self, stats) -> None:
-        if self._alpha_count:
-            stats.mean_alpha = self._alpha_total / self._alpha_count
+    def finish_stats(self, row: DraftRow, stats) -> None:
+        if row.alpha_count:
+            stats.mean_alpha = row.alpha_total / row.alpha_count
 
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs):
         candidate_ids, candidate_logits = super().get_candidates(input_ids, **kwargs)
@@ -350,111 +372,90 @@ class DraftModelStrategy(SpeculativeStrategy):
         return candidate_ids, candidate_logits
 
     def _drafting_cost(self, num_tokens: int) -> float:
-        """What drafting `num_tokens` costs, in one-token target forwards (0 until both are measured); in a batch
-        the other rows wait meanwhile, so it counts once per row."""
-        single = self.gate.single_forward_estimate
+        """What drafting `num_tokens` costs, in one-token target forwards (0 until both are measured): the rows of
+        a batch draft together, so a draft forward costs what it costs, once."""
+        single = self.rows[0].gate.single_forward_estimate
         if not single or self._draft_token_seconds is None:
             return 0.0
-        return num_tokens * self._draft_token_seconds * self.batch_rows / single
+        return num_tokens * self._draft_token_seconds / single
+
+    def _vocab_args(self) -> tuple | None:
+        return None if self._vocab is None else (self._vocab, self._vocab_head_t, self._vocab_size)
 
     @torch.no_grad()
-    def _draft(self, input_ids: torch.LongTensor, max_tokens: int, all_probs: bool = False) -> Draft:
-        """Drafts up to `max_tokens` tokens. all_probs: return their distributions even when greedy (the mixture
-        needs them), and with no token drafted the distribution at the next position alone (probs `[1, V]`)."""
-        do_sample = bool(self.generation_config.do_sample)
+    def _draft(self, model_rows: list[tuple[int, int, torch.LongTensor, int]]) -> tuple[list[Draft], int]:
+        """Every model row's draft (up to its own count of tokens) from one batched draft cache; returns the drafts
+        and the forwards run. A mixture's rows also carry their distributions, and a row asked for 0 tokens gets
+        the distribution at its next position alone (probs `[1, V]`)."""
+        do_sample, all_probs = bool(self.generation_config.do_sample), self.mixture is not None
+        needs_entropy = self.rows[0].schedule.needs_entropy
         # Greedy with no logits processors and no entropy stop: the argmax of the raw logits is the draft.
-        argmax_only = not (do_sample or all_probs or self.logits_processor or self.schedule.needs_entropy)
-        sequence = input_ids.to(self.draft_model.device)  # [1, n]
-        known = self.token_list(input_ids)
-        pending = self._sync_cache(known)  # [1, m] tokens the draft has not seen yet
-        drafted, probs = [], []
-        for step in range(max(max_tokens, int(all_probs))):
-            logits = self._forward(pending, known if step == 0 else None)  # [1, V]
-            if argmax_only:
-                token = logits.argmax(-1)  # [1]
-            else:
-                distribution = self.logits_processor(sequence, logits).softmax(dim=-1)[0]  # [V]
-                if step == max_tokens or self.schedule.stop_on_entropy(float(_entropy(distribution))):
-                    probs.extend([distribution] if all_probs and not drafted else [])
-                    break
-                token = torch.multinomial(distribution, 1) if do_sample else distribution.argmax().view(1)  # [1]
-                probs.append(distribution)
-                sequence = torch.cat([sequence, token[None]], dim=-1)
-            drafted.append(token)
-            pending = token[None]
-        tokens = torch.cat(drafted).to(input_ids.device) if drafted else input_ids.new_empty(0)  # [k]
-        keep = (do_sample or all_probs) and probs
-        return Draft(tokens, torch.stack(probs).to(input_ids.device) if keep else None)
+        argmax_only = not (do_sample or all_probs or self.logits_processor or needs_entropy)
+        device = self.draft_model.device
+        sequences = {index: input_ids.to(device) for _, index, input_ids, _ in model_rows}  # [1, n] each
+        inputs = {index: self._cache.sync(index, self.rows[index].token_list(input_ids))
+                  for _, index, input_ids, _ in model_rows}
+        logits, forwards = self._cache.forward(inputs, True, self._vocab_args()), 1  # [B, V]
+        counts = {index: count for _, index, _, count in model_rows}
+        drafted = {index: [] for index in counts}
+        probs = {index: [] for index in counts}
+        active = set(counts)
+        while active:
+            tokens = logits.argmax(dim=-1) if argmax_only else None  # [B]
+            fed = {}
+            for index in sorted(active):
+                if argmax_only:
+                    token = tokens[index : index + 1]  # [1]
+                else:
+                    distribution = self.logits_processor(sequences[index], logits[index : index + 1]).softmax(-1)[0]
+                    stop = self.rows[index].schedule.stop_on_entropy(float(_entropy(distribution))) \
+                        if needs_entropy else False
+                    if len(drafted[index]) == counts[index] or stop:
+                        probs[index].extend([distribution] if all_probs and not drafted[index] else [])
+                        active.discard(index)
+                        continue
+                    token = torch.multinomial(distribution, 1) if do_sample else distribution.argmax().view(1)
+                    probs[index].append(distribution)
+                    sequences[index] = torch.cat([sequences[index], token[None]], dim=-1)
+                drafted[index].append(token)
+                if len(drafted[index]) < counts[index]:
+                    fed[index] = token
+                else:
+                    active.discard(index)
+            if fed:
+                logits, forwards = self._cache.forward(fed, False, self._vocab_args()), forwards + 1
+        keep = do_sample or all_probs
+        results = []
+        for _, index, input_ids, _ in model_rows:
+            tokens = torch.cat(drafted[index]).to(input_ids.device) if drafted[index] else input_ids.new_empty(0)
+            row_probs = torch.stack(probs[index]).to(input_ids.device) if keep and probs[index] else None
+            results.append(Draft(tokens, row_probs))
+        return results, forwards
 
     @torch.no_grad()
-    def _draft_other_tokens(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        """A draft with its own tokenizer: drafts in its tokens (argmax, or a draw from its raw distribution when
-        sampling), re-tokenised into at most `max_tokens` target tokens (a point-mass draft: no probs)."""
-        target_ids = self.token_list(input_ids)
-        context = self.bridge.to_draft(target_ids)
-        if not context:
-            return Draft(input_ids.new_empty(0))
+    def _draft_other_tokens(self, model_rows: list[tuple[int, int, torch.LongTensor, int]],
+                            ) -> tuple[list[Draft], int]:
+        """A draft with its own tokenizer, row by row: drafts in its tokens (argmax, or a draw from its raw
+        distribution when sampling), re-tokenised into at most the row's count of target tokens (point masses)."""
         do_sample = bool(self.generation_config.do_sample)
-        pending = self._sync_cache(context)
-        drafted: list[int] = []
-        fed = context
-        for _ in range(max_tokens):
-            logits = self._forward(pending, fed)  # [1, V_draft]
-            token = torch.multinomial(logits.softmax(-1), 1)[0] if do_sample else logits.argmax(-1)  # [1]
-            drafted.append(int(token))
-            fed = context + drafted
-            pending = token[None]
-        tokens = self.bridge.to_target(target_ids, context, drafted)[:max_tokens]
-        return Draft(torch.tensor(tokens, dtype=torch.long, device=input_ids.device))
-
-    def _sync_cache(self, tokens: list[int]) -> torch.LongTensor:
-        """Crops the draft cache to its longest prefix shared with `tokens` (keeping at least one token to feed) and
-        returns the tokens still to feed, `[1, m]`. Drafted tokens never confirmed are dropped first."""
-        if self._unconfirmed:
-            self._cache.crop(-self._unconfirmed)
-            self._unconfirmed = 0
-        common = 0
-        for cached, token in zip(self._cached_tokens, tokens):
-            if cached != token:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)
-        self._cache.crop(-(self._cache.get_seq_length() - common))
-        self._cached_tokens = self._cached_tokens[:common]
-        return torch.tensor([tokens[common:]], dtype=torch.long, device=self.draft_model.device)
-
-    def _confirm(self, tokens: list[int], num_accepted: int) -> None:
-        """The first `num_accepted` drafted tokens fed to the draft cache were accepted: they are `tokens`' next
-        ones (the host mirror), so the cache stays valid for them without reading the drafts back."""
-        confirmed = min(num_accepted, self._unconfirmed)
-        start = len(self._cached_tokens)
-        self._cached_tokens.extend(tokens[start : start + confirmed])
-        if confirmed < self._unconfirmed:
-            self._cache.crop(confirmed - self._unconfirmed)
-        self._unconfirmed = 0
-
-    def _forward(self, tokens: torch.LongTensor, known: list[int] | None) -> torch.Tensor:
-        """The draft's logits `[1, V]` for the token after `tokens` (`[1, m]`), which it appends to its cache.
-        known: the sequence whose last m tokens these are, when the host knows it; None for drafted tokens still on
-        the device (confirmed after the verify, see `_confirm`)."""
-        draft = self.draft_model
-        inputs = {CACHE_KWARG: self._cache, "use_cache": True}
-        if draft.config.is_encoder_decoder:  # positions come from the cache; the encoder output is re-read
-            inputs.update(decoder_input_ids=tokens, **self._encoder_kwargs)
-        else:
-            past = len(self._cached_tokens) + self._unconfirmed
-            inputs.update(input_ids=tokens, position_ids=torch.arange(past, past + tokens.shape[1],
-                                                                      device=tokens.device)[None])
-        if known is None:
-            self._unconfirmed += tokens.shape[1]
-        else:
-            self._cached_tokens.extend(known[len(known) - tokens.shape[1]:])
-        if self._vocab is None:
-            keep = {"logits_to_keep": 1} if accepts_logits_to_keep(draft) else {}
-            return draft(**inputs, **keep).logits[:, -1].float()
-        hidden = draft.get_decoder()(**inputs).last_hidden_state[:, -1]  # [1, H]
-        logits = hidden.new_full((1, self._vocab_size), float("-inf"))
-        return logits.index_copy_(1, self._vocab, hidden @ self._vocab_head_t).float()  # [1, V]: -inf off the vocab
+        results, forwards = [], 0
+        for _, index, input_ids, count in model_rows:
+            row = self.rows[index]
+            target_ids = row.token_list(input_ids)
+            context = row.bridge.to_draft(target_ids)
+            if not context:
+                results.append(Draft(input_ids.new_empty(0)))
+                continue
+            pending, drafted = self._cache.sync(index, context), []
+            for _ in range(count):
+                logits = self._cache.forward({index: pending}, True)[index]  # [V_draft]
+                forwards += 1
+                token = torch.multinomial(logits.softmax(-1), 1) if do_sample else logits.argmax(-1, keepdim=True)
+                drafted.append(int(token))
+                pending = drafted[-1:]
+            tokens = row.bridge.to_target(target_ids, context, drafted)[:count]
+            results.append(Draft(torch.tensor(tokens, dtype=torch.long, device=input_ids.device)))
+        return results, forwards
 
 
 def _load_model(name_or_path) -> PreTrainedModel:

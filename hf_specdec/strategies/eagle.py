@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from ..config import StrategyConfig, register_config
+from ..schedules import make_schedule
 from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..eagle_drafter import DrafterCache, EagleDrafter
 from ..tree import TreeDraft, grow_dynamic_tree
-from .base import Draft, SpeculativeStrategy
+from .base import Draft, RowState, SpeculativeStrategy
 from .medusa import tree_chain_nodes
 from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, lookup_draft
 
@@ -70,6 +71,18 @@ class EagleConfig(StrategyConfig):
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
 
 
+class DrafterRow(RowState):
+    """An EAGLE row: the drafter's own KV cache over the committed (feature, token) pairs, its output at the last
+    one, and the target position of the next pair to commit."""
+
+    def __init__(self, schedule) -> None:
+        super().__init__(schedule)
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache, self.last, self.next_position = DrafterCache(), None, 0
+
+
 class EagleStrategy(SpeculativeStrategy):
     """An EAGLE drafter as the drafter: `EagleStrategy(EagleDrafter.from_pretrained(folder))`.
 
@@ -90,12 +103,9 @@ class EagleStrategy(SpeculativeStrategy):
             raise TypeError(f"drafter must be an EagleDrafter (EagleDrafter.from_pretrained(...)), got "
                             f"{type(drafter).__name__}.")
         self.drafter = drafter.eval()
-        self._cache = DrafterCache()
-        self._last: torch.Tensor | None = None  # [H]: the drafter's output at the last committed position
-        self._next_position = 0  # the target position of the next pair to commit
 
-    def _fork_components(self) -> tuple[tuple, dict]:
-        return (self.drafter,), {}
+    def new_row(self) -> DrafterRow:
+        return DrafterRow(make_schedule(self.config))
 
     def save_components(self, directory: Path) -> None:
         self.drafter.save_pretrained(directory, dtype=torch.bfloat16)  # the folder is a drafter folder too
@@ -110,61 +120,58 @@ class EagleStrategy(SpeculativeStrategy):
         self.drafter.attach_target(target)
         if is_cpu_optimized(target) and not is_cpu_optimized(self.drafter):
             optimize_for_cpu(self.drafter)  # the drafter's own linears get the same skinny-input kernels
-        self._reset()
 
     def end(self) -> None:
-        self._last = None  # the cache stays until the next call (tests read it)
-
-    def _reset(self) -> None:
-        self._cache, self._last, self._next_position = DrafterCache(), None, 0
+        for row in self.rows:
+            row.last = None  # the cache stays until the next call (tests read it)
 
     @torch.no_grad()
-    def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
+    def observe_row(self, row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None):
         """Commits this step's pairs (the target's feature at each emitted row, the token it produced) to the
         drafter's cache; its output at the last one drafts the next step's first token."""
-        super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        super().observe_row(row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
         if hidden_states is None or hidden_states.shape[0] == 0:
             return
-        rows = hidden_states.shape[0]
-        first = input_ids.shape[1] - 1 - rows  # target position of the first row
-        if first != self._next_position:  # e.g. a prefilled cache left early prompt rows out: start afresh here
-            self._reset()
-            self._next_position = first
-        tokens = input_ids[0, -rows:]
-        positions = torch.arange(first, first + rows, device=input_ids.device)
+        count = hidden_states.shape[0]
+        first = input_ids.shape[1] - 1 - count  # target position of the first row
+        if first != row.next_position:  # e.g. a prefilled cache left early prompt rows out: start afresh here
+            row.reset()
+            row.next_position = first
+        tokens = input_ids[0, -count:]
+        positions = torch.arange(first, first + count, device=input_ids.device)
         features = hidden_states.to(next(self.drafter.parameters()).dtype)
-        self._last = self.drafter.step(features, tokens, positions, self._cache)[-1]
-        self._next_position = first + rows
+        row.last = self.drafter.step(features, tokens, positions, row.cache)[-1]
+        row.next_position = first + count
 
     @torch.no_grad()
-    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+    def propose_row(self, row: DrafterRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         if self.config.lookup_min_ngram:
-            found = lookup_draft(self, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
+            found = lookup_draft(self, row, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
             if found is not None:
                 return Draft(found[0])
         depth = min(max_tokens, self.config.num_speculative_tokens, self.config.depth)
         # Drafting needs the drafter to be at this sequence's end (not so when called by Transformers' own loop).
-        if self._last is None or depth < 1 or self._next_position != input_ids.shape[1] - 1:
+        if row.last is None or depth < 1 or row.next_position != input_ids.shape[1] - 1:
             return Draft.empty(input_ids.device)
         chain = self.config.tree is None
         width = 1 if chain else self.config.tree_width
-        committed = len(self._cache)
+        committed = len(row.cache)
         try:
-            tree, tokens, _ = grow_dynamic_tree(self._top_children(width), depth, depth if chain else
+            tree, tokens, _ = grow_dynamic_tree(self._top_children(row, width), depth, depth if chain else
                                                 self.config.tree_nodes, width)
         finally:
-            self._cache.crop(committed)  # drafted positions never stay
+            row.cache.crop(committed)  # drafted positions never stay
         if chain:
             return Draft(tokens[tree_chain_nodes(tree)])
         return Draft(tokens[tree_chain_nodes(tree)], tree=TreeDraft(tree, tokens))
 
-    def _top_children(self, width: int):
+    def _top_children(self, state: DrafterRow, width: int):
         """`top_children(k, paths)` for `tree.grow_dynamic_tree`: the drafter's top-`width` tokens after each token
         path of length k. For k >= 1 every path's last token is run through the drafter first, in one forward, on
         top of the committed slots and the path's own drafted ancestors (a tree mask)."""
-        drafter, cache = self.drafter, self._cache
-        committed, start = len(cache), self._next_position  # start: the position of a depth-1 token's pair
-        states = {(): self._last}  # token path -> the drafter's output after it
+        drafter, cache = self.drafter, state.cache
+        committed, start = len(cache), state.next_position  # start: the position of a depth-1 token's pair
+        states = {(): state.last}  # token path -> the drafter's output after it
         slots: dict[tuple[int, ...], list[int]] = {(): []}  # token path -> cache slots of its drafted positions
 
         def top_children(k: int, paths: list[tuple[int, ...]]) -> tuple[list[list[int]], list[list[float]]]:
@@ -175,7 +182,7 @@ class EagleStrategy(SpeculativeStrategy):
                 for row, path in enumerate(paths):
                     mask[row, slots[path[:-1]]] = True
                     mask[row, past + row] = True
-                device = self._last.device
+                device = state.last.device
                 out = drafter.step(torch.stack([states[path[:-1]] for path in paths]),
                                    torch.tensor([path[-1] for path in paths], device=device),
                                    torch.full((count,), start + k - 1, device=device), cache, mask.to(device))

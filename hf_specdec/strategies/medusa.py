@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from ..config import StrategyConfig, register_config
+from ..schedules import make_schedule
 from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..medusa_heads import MedusaHeads
 from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, TreeDraft, build_tree, chain_tree
-from .base import Draft, SpeculativeStrategy
+from .base import Draft, RowState, SpeculativeStrategy
 from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, lookup_draft
 
 TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
@@ -85,6 +86,14 @@ class MedusaConfig(StrategyConfig):
             build_tree(self.tree)  # validates the paths
 
 
+class HiddenRow(RowState):
+    """A row of a strategy that drafts from the target's hidden states: the one that produced its last token."""
+
+    def __init__(self, schedule) -> None:
+        super().__init__(schedule)
+        self.hidden: torch.Tensor | None = None  # [H]
+
+
 class MedusaStrategy(SpeculativeStrategy):
     """Medusa heads as the drafter. `MedusaStrategy(heads, tree="default")`, `tree="dynamic"`, or `tree=None` for a
     chain; `heads` may be plain Medusa heads or token-conditioned (Hydra) ones.
@@ -108,10 +117,9 @@ class MedusaStrategy(SpeculativeStrategy):
         paths = TREES.get(self.config.tree) if isinstance(self.config.tree, str) else self.config.tree
         self._paths = None if paths is None else [tuple(p) for p in paths]
         self._trees: dict[int, TokenTree] = {}
-        self._hidden: torch.Tensor | None = None
 
-    def _fork_components(self) -> tuple[tuple, dict]:
-        return (self.heads,), {}
+    def new_row(self) -> HiddenRow:
+        return HiddenRow(make_schedule(self.config))
 
     def save_components(self, directory: Path) -> None:
         self.heads.save_pretrained(directory)  # config.json + model.safetensors: the folder is a heads folder too
@@ -127,26 +135,26 @@ class MedusaStrategy(SpeculativeStrategy):
         self.heads.attach_target(target)
         if is_cpu_optimized(target) and not is_cpu_optimized(self.heads):
             optimize_for_cpu(self.heads)  # the heads' own linears get the same skinny-input kernels
-        self._hidden = None
 
     def end(self) -> None:
-        self._hidden = None
+        for row in self.rows:
+            row.hidden = None
 
-    def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
-        super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
-        self._hidden = None if hidden_states is None else hidden_states[-1]  # [H]: produced the last emitted token
+    def observe_row(self, row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None):
+        super().observe_row(row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        row.hidden = None if hidden_states is None else hidden_states[-1]  # [H]: produced the last emitted token
 
     @torch.no_grad()
-    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+    def propose_row(self, row: HiddenRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         if self.config.lookup_min_ngram:
-            found = lookup_draft(self, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
+            found = lookup_draft(self, row, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
             if found is not None:
                 return Draft(found[0])
         depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
-        if self._hidden is None or depth < 1:
+        if row.hidden is None or depth < 1:
             return Draft.empty(input_ids.device)
-        hidden = self._hidden.to(dtype=next(self.heads.parameters()).dtype)
-        last_token = self.token_list(input_ids)[-1]
+        hidden = row.hidden.to(dtype=next(self.heads.parameters()).dtype)
+        last_token = row.token_list(input_ids)[-1]
         if self._dynamic:
             tree, tokens, probs = self.heads.draft_dynamic_tree(hidden, last_token, depth, self.config.tree_nodes,
                                                                 self.config.tree_width)

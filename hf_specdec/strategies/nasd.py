@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import StrategyConfig, register_config
-from ..schedules import DraftGate, observe_gate
+from ..schedules import DraftGate, make_schedule, observe_gate
 from .base import Draft, SpeculativeStrategy
-from .ngram import NGramDrafterMixin, _check_ngram_schedule
+from .ngram import GatedRow, NGramDrafterMixin, _check_ngram_schedule
 
 STORAGES = ("basic", "onelevel")
 
@@ -83,6 +83,15 @@ class NGramStore:
         return len(self.best)
 
 
+class NASDRow(GatedRow):
+    """A NASD row: its schedule, gate and n-gram store, and how much of its sequence the store has counted."""
+
+    def __init__(self, schedule, gate: DraftGate, store: NGramStore) -> None:
+        super().__init__(schedule, gate)
+        self.store = store
+        self.indexed = 0
+
+
 class NASDStrategy(SpeculativeStrategy):
     """Drafts by walking the n-gram store greedily for up to K tokens."""
 
@@ -90,49 +99,49 @@ class NASDStrategy(SpeculativeStrategy):
 
     def __init__(self, config: NASDConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)
-        self.store = NGramStore(self.config.ngram_size, self.config.storage)
-        self.gate = DraftGate()
-        self._indexed = 0  # tokens of the current sequence already counted in the store
+        self.store = self._new_store()  # kept across calls (and shared by a batch's rows) with reset_between_calls=False
 
-    def fork(self) -> NASDStrategy:
-        """A row's own strategy; with `reset_between_calls=False` the rows share this strategy's store (it keeps
-        learning across calls), else each row starts its own."""
-        twin = super().fork()
-        if not self.config.reset_between_calls:
-            twin.store = self.store
-        return twin
+    def _new_store(self) -> NGramStore:
+        return NGramStore(self.config.ngram_size, self.config.storage)
+
+    def new_row(self) -> NASDRow:
+        store = self._new_store() if self.config.reset_between_calls else self.store
+        return NASDRow(make_schedule(self.config), DraftGate(), store)
+
+    def start_row(self, input_ids: torch.LongTensor) -> NASDRow:
+        row = self.new_row()
+        if self._source_list:  # an encoder-decoder's source: its n-grams are drafts too
+            row.store.add_sequence(self._source_list)
+        row.store.add_sequence(input_ids[0].tolist())
+        row.indexed = input_ids.shape[1]
+        return row
 
     def begin(self, target, input_ids, generation_config, logits_processor) -> None:
         super().begin(target, input_ids, generation_config, logits_processor)
-        if self.config.reset_between_calls:
-            self.store = NGramStore(self.config.ngram_size, self.config.storage)
-        if self._source_list:  # an encoder-decoder's source: its n-grams are drafts too
-            self.store.add_sequence(self._source_list)
-        self.store.add_sequence(self.token_list(input_ids))
-        self._indexed = input_ids.shape[1]
+        self.store = self.rows[0].store  # the latest call's (row 0's) store, for inspection
 
-    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        history = self.token_list(input_ids)
+    def propose_row(self, row: NASDRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        history = row.token_list(input_ids)
         drafted: list[int] = []
         bucket = None
         for _ in range(max_tokens):
-            prediction = self.store.predict(history + drafted)
+            prediction = row.store.predict(history + drafted)
             if prediction is None:
                 break
             drafted.append(prediction[0])
             bucket = prediction[1] if bucket is None else bucket
-        if drafted and self.config.skip_unprofitable_drafts and not self.gate.should_draft(bucket):
+        if drafted and self.config.skip_unprofitable_drafts and not row.gate.should_draft(bucket):
             drafted = []
         return Draft(torch.tensor(drafted, dtype=torch.long), bucket=bucket)  # a CPU tensor: the engine moves it
 
-    def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
-        super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
-        observe_gate(self.gate, draft, num_accepted, forward_seconds)
-        tokens = self.token_list(input_ids)
-        self.store.add_sequence(tokens, start=self._indexed)
-        self._indexed = len(tokens)
+    def observe_row(self, row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None):
+        super().observe_row(row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        observe_gate(row.gate, draft, num_accepted, forward_seconds)
+        tokens = row.token_list(input_ids)
+        row.store.add_sequence(tokens, start=row.indexed)
+        row.indexed = len(tokens)
         if self.config.top_k_filler > 1:
             first_scored = len(tokens) - target_scores.shape[0]  # row i scored the token at first_scored + i
             top_k = target_scores.topk(self.config.top_k_filler, dim=-1).indices.tolist()
             for i, candidates in enumerate(top_k):
-                self.store.add(tokens[: first_scored + i], candidates)
+                row.store.add(tokens[: first_scored + i], candidates)

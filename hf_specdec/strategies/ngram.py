@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import StrategyConfig, register_config
-from ..schedules import DraftGate, observe_gate
-from .base import Draft, SpeculativeStrategy
+from ..schedules import DraftGate, make_schedule, observe_gate
+from .base import Draft, RowState, SpeculativeStrategy
 
 
 @dataclass
@@ -75,13 +75,13 @@ def longest_match(tokens: list[int], max_ngram_size: int, min_ngram_size: int) -
     return None
 
 
-def lookup_draft(strategy: SpeculativeStrategy, input_ids: torch.LongTensor, max_ngram_size: int, min_ngram_size: int,
-                 max_tokens: int) -> tuple[torch.LongTensor, int, bool] | None:
+def lookup_draft(strategy: SpeculativeStrategy, row: RowState, input_ids: torch.LongTensor, max_ngram_size: int,
+                 min_ngram_size: int, max_tokens: int) -> tuple[torch.LongTensor, int, bool] | None:
     """Prompt lookup over `strategy.lookup_tokens` (an encoder-decoder's source ids, then the output so far): the
     draft `[<= max_tokens]` (a CPU tensor: the engine moves it with the step's other inputs), the matched n-gram's
     size and whether the match is consistent; None without a match. A draft copied from the source stops at the
     source's end."""
-    tokens = strategy.lookup_tokens(input_ids)
+    tokens = strategy.lookup_tokens(row, input_ids)
     match = longest_match(tokens, max_ngram_size, min_ngram_size)
     if match is None:
         return None
@@ -103,6 +103,14 @@ def check_lookup_min_ngram(value: int) -> None:
         raise ValueError(f"lookup_min_ngram must be in [0, {LOOKUP_MAX_NGRAM}] (0 turns lookup off), got {value}.")
 
 
+class GatedRow(RowState):
+    """A row of an n-gram drafter: its K schedule and its cost gate."""
+
+    def __init__(self, schedule, gate: DraftGate) -> None:
+        super().__init__(schedule)
+        self.gate = gate
+
+
 class NGramStrategy(SpeculativeStrategy):
     """Prompt lookup decoding (Saxena 2023): no draft model, drafts copied from the prompt and output so far.
 
@@ -111,20 +119,19 @@ class NGramStrategy(SpeculativeStrategy):
 
     config_class = NGramConfig
 
-    def __init__(self, config: NGramConfig | None = None, **overrides) -> None:
-        super().__init__(config, **overrides)
-        self.gate = DraftGate()
+    def new_row(self) -> GatedRow:
+        return GatedRow(make_schedule(self.config), DraftGate())
 
-    def propose(self, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        found = lookup_draft(self, input_ids, self.config.max_ngram_size, self.config.min_ngram_size, max_tokens)
+    def propose_row(self, row: GatedRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        found = lookup_draft(self, row, input_ids, self.config.max_ngram_size, self.config.min_ngram_size, max_tokens)
         if found is None:
             return Draft.empty()
         tokens, size, consistent = found
         bucket = 2 * size + consistent  # the gate learns per (match length, consistency)
-        if self.config.skip_unprofitable_drafts and not self.gate.should_draft(bucket):
+        if self.config.skip_unprofitable_drafts and not row.gate.should_draft(bucket):
             return Draft(tokens[:0], bucket=bucket)
         return Draft(tokens, bucket=bucket)
 
-    def observe(self, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None) -> None:
-        super().observe(input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
-        observe_gate(self.gate, draft, num_accepted, forward_seconds)
+    def observe_row(self, row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None):
+        super().observe_row(row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        observe_gate(row.gate, draft, num_accepted, forward_seconds)
