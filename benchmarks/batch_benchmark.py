@@ -39,7 +39,7 @@ def method_table(model) -> dict:
         "draft": lambda: {"assistant_model": hf_specdec.DraftModelStrategy(draft)},
     }
     if hydra is not None:
-        table["hydra"] = lambda: {"assistant_model": hydra.fork()}
+        table["hydra"] = lambda: {"assistant_model": hydra}  # one strategy object: its state is per call
     return table
 
 
