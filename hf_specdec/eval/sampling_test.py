@@ -78,7 +78,7 @@ def draw_samples(model: PreTrainedModel, prefix_ids: torch.LongTensor, factory: 
 
 def _suffix_seen(tokens: list[int], size: int) -> bool:
     """True when the last `size` tokens also occur together earlier in `tokens` (an n-gram drafter then drafts)."""
-    return match_suffix(torch.tensor(tokens), size) is not None  # None also when too short to repeat
+    return match_suffix(list(tokens), size) is not None  # None also when too short to repeat
 
 
 def cut_point(context: list[int], output: list[int], window: int) -> int:
