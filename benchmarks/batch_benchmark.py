@@ -25,6 +25,7 @@ from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_draft, load_smollm2_tokenizer
 
 HYDRA = Path("heads") / "hydra-smollm2-135m"
+EAGLE = Path("heads") / "eagle-smollm2-135m"
 
 
 def method_table(model) -> dict:
@@ -32,6 +33,7 @@ def method_table(model) -> dict:
     draft = load_smollm2_draft(model)
     optimize_for_cpu(draft)
     hydra = hf_specdec.AutoStrategy.from_pretrained(HYDRA) if HYDRA.is_dir() else None
+    eagle = hf_specdec.AutoStrategy.from_pretrained(EAGLE) if EAGLE.is_dir() else None
     table = {
         "plain": lambda: {},
         "ngram": lambda: {"assistant_model": hf_specdec.NGramStrategy()},
@@ -40,6 +42,8 @@ def method_table(model) -> dict:
     }
     if hydra is not None:
         table["hydra"] = lambda: {"assistant_model": hydra}  # one strategy object: its state is per call
+    if eagle is not None:
+        table["eagle"] = lambda: {"assistant_model": eagle}
     return table
 
 
@@ -57,9 +61,12 @@ def run_batch(model, batch, kwargs: dict, max_new_tokens: int, eos: int) -> dict
     seconds = time.perf_counter() - start
     strategy = kwargs.get("assistant_model")
     rows = new_tokens(out, batch["input_ids"].shape[1], eos)
-    lengths = None if strategy is None else [row.mean_accepted_length for row in (strategy.last_stats.rows or
-                                                                                   [strategy.last_stats])]
-    return {"seconds": seconds, "tokens": sum(len(r) for r in rows), "outputs": rows, "row_accepted_lengths": lengths}
+    row_stats = None if strategy is None else (strategy.last_stats.rows or [strategy.last_stats])
+    lengths = None if row_stats is None else [row.mean_accepted_length for row in row_stats]
+    plain_steps = None if row_stats is None else sum(r.verify_steps - r.drafting_steps for r in row_stats)
+    steps = None if row_stats is None else sum(r.verify_steps for r in row_stats)
+    return {"seconds": seconds, "tokens": sum(len(r) for r in rows), "outputs": rows, "row_accepted_lengths": lengths,
+            "undrafted_steps": plain_steps, "row_steps": steps}
 
 
 def benchmark(model, tokenizer, prompts: dict, methods: dict, batch_sizes: list[int], max_new_tokens: int) -> list:
@@ -92,8 +99,8 @@ def report(records: list) -> None:
         plain_seconds = sum(r["seconds"] for r in plain.values())
         print(f"\n## {dataset}, batch size {size}\n")
         print("| method | tokens/s | wall s | speedup vs plain batched | mean accepted length per row "
-              "| identical rows |")
-        print("|---|---|---|---|---|---|")
+              "| row steps without a draft | identical rows |")
+        print("|---|---|---|---|---|---|---|")
         for method in dict.fromkeys(r["method"] for r in items):
             mine = [r for r in items if r["method"] == method]
             seconds = sum(r["seconds"] for r in mine)
@@ -102,8 +109,10 @@ def report(records: list) -> None:
             same = sum(a == b for r in mine for a, b in zip(r["outputs"], plain[r["batch"]]["outputs"]))
             total = sum(len(r["outputs"]) for r in mine)
             mal = f"{sum(lengths) / len(lengths):.2f}" if lengths else "-"
+            steps = sum(r["row_steps"] or 0 for r in mine)
+            undrafted = f"{sum(r['undrafted_steps'] or 0 for r in mine) / steps:.0%}" if steps else "-"
             print(f"| {method} | {tokens / seconds:.1f} | {seconds:.1f} | {plain_seconds / seconds:.2f}x | {mal} "
-                  f"| {same}/{total} |")
+                  f"| {undrafted} | {same}/{total} |")
 
 
 def main() -> None:
@@ -112,7 +121,7 @@ def main() -> None:
     parser.add_argument("--prose", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--methods", nargs="+", default=None, help="default: all (plain, ngram, nasd, draft, hydra)")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: all (plain, ngram, nasd, draft, hydra, eagle)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="also write every record as JSON lines here")
     args = parser.parse_args()

@@ -99,6 +99,8 @@ def _generate_with_strategy(original, model, strategy: SpeculativeStrategy, argu
         raise ValueError(f"{conflicts} configure Transformers' own assisted generation and cannot be combined with "
                          "an hf_specdec strategy; remove them.")
     added_override = _move_stop_strings_into_criteria(model, arguments, extra)
+    if "use_cache" not in extra and arguments.get("generation_config") is None:
+        extra["use_cache"] = True  # drafts are verified against the KV cache; some configs (MPT) default it off
     arguments["assistant_model"] = None
     arguments["custom_generate"] = functools.partial(speculative_decode, strategy=strategy,
                                                      streamer=arguments.get("streamer"))

@@ -47,7 +47,10 @@ def speculative_decode(
     inputs_tensor: what generate fed the encoder of an encoder-decoder target (its input ids or features), which
     drafters may read (prompt lookup copies from the source; a draft runs its own encoder on it)."""
     check_request(model, input_ids, generation_config, model_kwargs, streamer)
-    cache = model_kwargs[CACHE_KWARG]
+    cache = model_kwargs.get(CACHE_KWARG)
+    if cache is None:
+        raise ValueError(f"{type(model).__name__} keeps no Transformers KV cache (a `Cache` object) that hf_specdec "
+                         "could roll back after a rejected draft. Use plain generate for this model.")
     batched = is_batch(model, input_ids, model_kwargs)
     check_cache(cache, model, batched)
     check_verification(strategy.config, generation_config)
