@@ -250,6 +250,33 @@ class MedusaHeads(nn.Module):
         return logits, self.draft_token_ids
 
     @torch.no_grad()
+    def draft_chains(self, hidden_states: torch.Tensor, last_tokens: torch.LongTensor, depth: int,
+                     ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """Every row's top-1 chain in one pass over the rows, on the device: hidden_states `[R, H]` produced
+        `last_tokens` `[R]`. Plain heads score all `depth` heads in one product; token-conditioned heads go head by
+        head, each reading the chain drafted so far. Returns (tokens `[R, depth]`, their probabilities under their
+        heads `[R, depth]`, softmax over the draft vocabulary)."""
+        rows = hidden_states.shape[0]
+        if self.token_blocks is None:
+            states = torch.stack([block(hidden_states) for block in self.blocks[:depth]], dim=1)  # [R, D, H]
+            if self.lm_heads is None:
+                logits, vocab = self._draft_projection(0, states.reshape(rows * depth, -1))
+                logits = logits.view(rows, depth, -1)  # [R, D, V']
+            else:
+                logits = torch.stack([self._draft_projection(k, states[:, k])[0] for k in range(depth)], dim=1)
+                vocab = self.draft_token_ids
+            probs, index = logits.softmax(dim=-1).max(dim=-1)  # [R, D]
+            return (index if vocab is None else vocab[index]), probs
+        context, probs = last_tokens[:, None], []  # [R, 1]: x_{t+1}, then the drafted tokens
+        for k in range(depth):
+            state = self.head_state(k, hidden_states, self.embed(context).to(hidden_states.dtype))  # [R, H]
+            logits, vocab = self._draft_projection(k, state)  # [R, V']
+            prob, index = logits.softmax(dim=-1).max(dim=-1)  # [R]
+            context = torch.cat([context, (index if vocab is None else vocab[index])[:, None]], dim=1)
+            probs.append(prob)
+        return context[:, 1:], torch.stack(probs, dim=1)
+
+    @torch.no_grad()
     def draft_tree(self, hidden_state: torch.Tensor, last_token: int, tree: TokenTree,
                    ) -> tuple[torch.LongTensor, torch.Tensor]:
         """The token at every node of `tree` and its probability under its head (softmax over the draft vocabulary).

@@ -11,7 +11,7 @@ from conftest import EOS, make_llama, repetitive_prompt
 import hf_specdec
 from hf_specdec.cpu_speedups import CpuLinear, optimize_for_cpu
 from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig, medusa_labels, medusa_loss, output_rows
-from hf_specdec.tree import LARGE_TREE, build_tree
+from hf_specdec.tree import LARGE_TREE, build_tree, chain_tree
 
 NUM_PROMPTS = 20
 NEW_TOKENS = 20
@@ -113,6 +113,20 @@ def heads_and_hidden(tiny_llama, conditioned):
     if conditioned:  # embeddings larger than the tiny model's (std 0.02), so the tokens visibly matter
         heads.attach_embeddings(torch.nn.Embedding(tiny_llama.config.vocab_size, tiny_llama.config.hidden_size))
     return heads, tiny_llama(repetitive_prompt(0), output_hidden_states=True).hidden_states[-1][0, -1]  # [H]
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+@torch.no_grad()
+def test_chains_of_every_row_in_one_pass_equal_each_rows_own_chain(tiny_llama, conditioned):
+    """draft_chains (a batch's rows in one pass) gives each row the chain draft_tree gives it alone."""
+    heads, _ = heads_and_hidden(tiny_llama, conditioned)
+    hidden = tiny_llama(repetitive_prompt(1), output_hidden_states=True).hidden_states[-1][0, -3:]  # 3 rows [3, H]
+    last = torch.tensor([17, 4, 60])
+    tokens, probs = heads.draft_chains(hidden, last, 3)  # [3, 3]
+    for row in range(3):
+        alone, alone_probs = heads.draft_tree(hidden[row], int(last[row]), chain_tree(3))
+        assert tokens[row].tolist() == alone.tolist()
+        torch.testing.assert_close(probs[row], alone_probs.to(probs.dtype))
 
 
 @pytest.mark.parametrize("conditioned", [False, True])

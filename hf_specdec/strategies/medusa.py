@@ -145,11 +145,45 @@ class MedusaStrategy(SpeculativeStrategy):
         row.hidden = None if hidden_states is None else hidden_states[-1]  # [H]: produced the last emitted token
 
     @torch.no_grad()
+    def propose_rows(self, requests: list[tuple[int, torch.LongTensor, int]]) -> list[Draft]:
+        """Chains: prompt lookup per row, then the heads draft every remaining row in one pass (`draft_chains`).
+        Trees are shaped per row (`propose_row`)."""
+        if self._paths is not None or self._dynamic:
+            return super().propose_rows(requests)
+        drafts: list[Draft | None] = [None] * len(requests)
+        heads_rows = []  # (request, row, depth)
+        for i, (index, input_ids, max_tokens) in enumerate(requests):
+            row = self.rows[index]
+            found = self._lookup(row, input_ids, max_tokens)
+            depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
+            if found is not None or row.hidden is None or depth < 1:
+                drafts[i] = found if found is not None else Draft.empty(input_ids.device)
+            else:
+                heads_rows.append((i, row, depth))
+        if heads_rows:
+            hidden = torch.stack([row.hidden for _, row, _ in heads_rows]).to(next(self.heads.parameters()).dtype)
+            last = torch.tensor([row.token_list(requests[i][1])[-1] for i, row, _ in heads_rows], device=hidden.device)
+            tokens, probs = self.heads.draft_chains(hidden, last, max(depth for *_, depth in heads_rows))  # [R, D]
+            keep = [depth for *_, depth in heads_rows]
+            if self.config.min_confidence > 0:  # the prefix whose path probability is high enough
+                confident = (probs[:, : max(keep)].cumprod(1) >= self.config.min_confidence).to(torch.int64)
+                keep = [min(k, n) for k, n in zip(keep, confident.cumprod(1).sum(1).tolist())]
+            for r, ((i, *_), count) in enumerate(zip(heads_rows, keep)):
+                drafts[i] = Draft(tokens[r, :count])
+        return drafts
+
+    def _lookup(self, row: HiddenRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft | None:
+        if not self.config.lookup_min_ngram:
+            return None
+        found = lookup_draft(self, row, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
+        return None if found is None else Draft(found[0])
+
+    @torch.no_grad()
     def propose_row(self, row: HiddenRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        if self.config.lookup_min_ngram:
-            found = lookup_draft(self, row, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
-            if found is not None:
-                return Draft(found[0])
+        """A tree (fixed or dynamic) for one row, after prompt lookup."""
+        found = self._lookup(row, input_ids, max_tokens)
+        if found is not None:
+            return found
         depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
         if row.hidden is None or depth < 1:
             return Draft.empty(input_ids.device)
@@ -161,7 +195,7 @@ class MedusaStrategy(SpeculativeStrategy):
         else:
             tree = self._tree(depth)
             tokens, probs = self.heads.draft_tree(hidden, last_token, tree)  # [N], [N]
-        if self._paths is None and not self._dynamic:  # a chain: keep the prefix whose path probability is high enough
+        if self._paths is None and not self._dynamic:  # a chain (called row by row): the confident prefix
             confident = probs.cumprod(0) >= self.config.min_confidence  # [D]
             return Draft(tokens[: int(confident.to(torch.int64).cumprod(0).sum())])
         if self.config.min_confidence > 0:
