@@ -27,7 +27,7 @@ from ..mixture_math import GeometricMixture
 from ..tokenizer_bridge import TokenizerBridge
 from ..schedules import DraftGate, ema, make_schedule, observe_gate
 from .base import Draft, SpeculativeStrategy
-from .ngram import LOOKUP_MAX_NGRAM, GatedRow, check_lookup_min_ngram, lookup_draft
+from .ngram import GatedRow, check_lookup_min_ngram, front_lookup
 
 
 DRAFT_DIR = "draft"  # the draft model inside a strategy folder
@@ -271,7 +271,9 @@ class DraftModelStrategy(SpeculativeStrategy):
         model_rows = []  # (request, row index, tokens, most tokens)
         for i, (index, input_ids, max_tokens) in enumerate(requests):
             row = self.rows[index]
-            found = None if self.mixture is not None else self._lookup(row, input_ids, max_tokens)
+            gate = row.gate if self.config.skip_unprofitable_drafts else None
+            found = None if self.mixture is not None else front_lookup(
+                self, row, input_ids, self.config.lookup_min_ngram, min(max_tokens, self.config.lookup_num_tokens), gate)
             if found is not None:
                 drafts[i] = found
                 continue
@@ -290,20 +292,6 @@ class DraftModelStrategy(SpeculativeStrategy):
                 draft.bucket = MODEL_BUCKET
                 drafts[i] = draft
         return drafts
-
-    def _lookup(self, row: DraftRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft | None:
-        """A prompt-lookup draft, when lookup is on, finds a match and (gated) pays; else None."""
-        if not self.config.lookup_min_ngram:
-            return None
-        found = lookup_draft(self, row, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram,
-                             min(max_tokens, self.config.lookup_num_tokens))
-        if found is None:
-            return None
-        tokens, size, consistent = found
-        bucket = 1 + 2 * size + consistent  # learnt apart from the model's drafts, as NGramStrategy does
-        if not self.config.skip_unprofitable_drafts or row.gate.should_draft(bucket):
-            return Draft(tokens, bucket=bucket)
-        return None
 
     def _model_tokens(self, row: DraftRow, max_tokens: int) -> int:
         """How many tokens the draft model drafts for this row: the schedule's K, or 0 where the gate says it does not

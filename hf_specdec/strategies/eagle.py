@@ -21,7 +21,7 @@ from ..eagle_drafter import DrafterCache, EagleDrafter
 from ..tree import TreeDraft, grow_dynamic_tree
 from .base import Draft, RowState, SpeculativeStrategy
 from .medusa import tree_chain_nodes
-from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, lookup_draft
+from .ngram import check_lookup_min_ngram, front_lookup
 
 
 @register_config
@@ -145,10 +145,9 @@ class EagleStrategy(SpeculativeStrategy):
 
     @torch.no_grad()
     def propose_row(self, row: DrafterRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        if self.config.lookup_min_ngram:
-            found = lookup_draft(self, row, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
-            if found is not None:
-                return Draft(found[0])
+        found = front_lookup(self, row, input_ids, self.config.lookup_min_ngram, max_tokens)
+        if found is not None:
+            return found
         depth = min(max_tokens, self.config.num_speculative_tokens, self.config.depth)
         # Drafting needs the drafter to be at this sequence's end (not so when called by Transformers' own loop).
         if row.last is None or depth < 1 or row.next_position != input_ids.shape[1] - 1:

@@ -20,7 +20,7 @@ from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..medusa_heads import MedusaHeads
 from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, TreeDraft, build_tree, chain_tree
 from .base import Draft, RowState, SpeculativeStrategy
-from .ngram import LOOKUP_MAX_NGRAM, check_lookup_min_ngram, lookup_draft
+from .ngram import check_lookup_min_ngram, front_lookup
 
 TREES = {"default": DEFAULT_TREE, "large": LARGE_TREE}
 
@@ -154,7 +154,7 @@ class MedusaStrategy(SpeculativeStrategy):
         heads_rows = []  # (request, row, depth)
         for i, (index, input_ids, max_tokens) in enumerate(requests):
             row = self.rows[index]
-            found = self._lookup(row, input_ids, max_tokens)
+            found = front_lookup(self, row, input_ids, self.config.lookup_min_ngram, max_tokens)
             depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)
             if found is not None or row.hidden is None or depth < 1:
                 drafts[i] = found if found is not None else Draft.empty(input_ids.device)
@@ -172,16 +172,10 @@ class MedusaStrategy(SpeculativeStrategy):
                 drafts[i] = Draft(tokens[r, :count])
         return drafts
 
-    def _lookup(self, row: HiddenRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft | None:
-        if not self.config.lookup_min_ngram:
-            return None
-        found = lookup_draft(self, row, input_ids, LOOKUP_MAX_NGRAM, self.config.lookup_min_ngram, max_tokens)
-        return None if found is None else Draft(found[0])
-
     @torch.no_grad()
     def propose_row(self, row: HiddenRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
         """A tree (fixed or dynamic) for one row, after prompt lookup."""
-        found = self._lookup(row, input_ids, max_tokens)
+        found = front_lookup(self, row, input_ids, self.config.lookup_min_ngram, max_tokens)
         if found is not None:
             return found
         depth = min(max_tokens, self.heads.num_heads, self.config.num_speculative_tokens)

@@ -97,6 +97,24 @@ def lookup_draft(strategy: SpeculativeStrategy, row: RowState, input_ids: torch.
 LOOKUP_MAX_NGRAM = NGramConfig.max_ngram_size  # its default, 4
 
 
+def front_lookup(strategy: SpeculativeStrategy, row: RowState, input_ids: torch.LongTensor, min_ngram: int,
+                 max_tokens: int, gate: DraftGate | None = None) -> Draft | None:
+    """Prompt lookup in front of another drafter (a draft model, Medusa heads, an EAGLE drafter): the continuation
+    of the longest suffix (4 down to `min_ngram` tokens) that occurred earlier, or None when lookup is off
+    (`min_ngram` 0), nothing matches or `gate` says this kind of match does not pay. Its gate bucket (1 + 2 * n-gram
+    size + consistent) is learnt apart from the drafter's own drafts (bucket 0)."""
+    if not min_ngram:
+        return None
+    found = lookup_draft(strategy, row, input_ids, LOOKUP_MAX_NGRAM, min_ngram, max_tokens)
+    if found is None:
+        return None
+    tokens, size, consistent = found
+    bucket = 1 + 2 * size + consistent
+    if gate is not None and not gate.should_draft(bucket):
+        return None
+    return Draft(tokens, bucket=bucket)
+
+
 def check_lookup_min_ngram(value: int) -> None:
     """`lookup_min_ngram` of a strategy with prompt lookup in front: 0 (off) or a suffix length 1..4."""
     if not 0 <= value <= LOOKUP_MAX_NGRAM:
