@@ -138,7 +138,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "hf_specdec/batch_decoding.py",
         "        slots = [0] + [1 + node for node in path]\n",
         "        slots = list(range(1 + len(path)))\n",
-        (STOPS,), "tree"),
+        (STOPS, "tests/test_batches.py"), "tree or medusa or eagle"),
     Mutation(
         "tree_residual_is_p",
         "a tree node whose children were all rejected draws from p instead of the residual (drafted children "

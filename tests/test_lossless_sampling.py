@@ -62,8 +62,8 @@ def exact_joint(model, prompt: torch.LongTensor, padding: int = 0, depth: int = 
     joint = {(): 1.0}
     for _ in range(depth):
         prefixes = list(joint)
-        ids = torch.cat([prompt.repeat(len(prefixes), 1), torch.tensor(prefixes, dtype=torch.long).view(len(prefixes), -1)],
-                        dim=1)
+        drawn = torch.tensor(prefixes, dtype=torch.long).view(len(prefixes), -1)  # [P, tokens so far]
+        ids = torch.cat([prompt.repeat(len(prefixes), 1), drawn], dim=1)
         mask = torch.ones_like(ids)
         mask[:, :padding] = 0
         out = model.generate(ids, attention_mask=mask, max_new_tokens=1, output_scores=True,
@@ -107,8 +107,8 @@ def assert_follows(observed: Counter, expected: dict[tuple, float]) -> None:
 # ---- our side: sampled with a strategy -------------------------------------------------------------------------
 def sample_rows(model, strategy, prompt: torch.LongTensor, samples: int, seed: int, mask=None,
                 chunk: int = 4) -> tuple[torch.LongTensor, int]:
-    """(`[samples, NEW_TOKENS]` new tokens, drafted tokens accepted in all), drawn in batches of `chunk` `num_return_sequences` rows (each row of the
-    batched engine is an independent draw from the target when the engine is right). Small batches: the batched
+    """(`[samples, NEW_TOKENS]` new tokens, drafted tokens accepted in all), drawn in batches of `chunk`
+    `num_return_sequences` rows (each row of the batched engine is an independent draw from the target when the engine is right). Small batches: the batched
     engine drafts only where a wide verify pays, which its cost prior denies to wide batches of tiny models."""
     torch.manual_seed(seed)
     mask = torch.ones_like(prompt) if mask is None else mask
