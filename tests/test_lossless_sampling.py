@@ -108,8 +108,9 @@ def assert_follows(observed: Counter, expected: dict[tuple, float]) -> None:
 def sample_rows(model, strategy, prompt: torch.LongTensor, samples: int, seed: int, mask=None,
                 chunk: int = 4) -> tuple[torch.LongTensor, int]:
     """(`[samples, NEW_TOKENS]` new tokens, drafted tokens accepted in all), drawn in batches of `chunk`
-    `num_return_sequences` rows (each row of the batched engine is an independent draw from the target when the engine is right). Small batches: the batched
-    engine drafts only where a wide verify pays, which its cost prior denies to wide batches of tiny models."""
+    `num_return_sequences` rows (each row of the batched engine is an independent draw from the target when the
+    engine is right). Small batches: the batched engine drafts only where a wide verify pays, which its cost prior
+    denies to wide batches of tiny models."""
     torch.manual_seed(seed)
     mask = torch.ones_like(prompt) if mask is None else mask
     rows, accepted = [], 0
