@@ -23,18 +23,21 @@ SIMPLE_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['conte
 
 def tiny_random_llama(vocab_size: int, *, eos_token_id: int | None, pad_token_id: int, bos_token_id: int,
                       layers: int = 2, hidden: int = 32, seed: int = 0, logit_scale: float = 1.0,
-                      max_positions: int = 2048) -> LlamaForCausalLM:
+                      max_positions: int = 2048, init_range: float = 0.02,
+                      rope_theta: float = 10000.0) -> LlamaForCausalLM:
     """A random Llama in eval mode, initialised from `seed` without disturbing the global RNG.
 
     `logit_scale` sharpens (>1) or flattens (<1) its output distribution. The pad id matters for the weights (its
-    embedding row starts at zero), so callers pass it explicitly.
+    embedding row starts at zero), so callers pass it explicitly. `init_range` (the weights' standard deviation) and
+    `rope_theta`: see `position_sensitive_llama`.
     """
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=max_positions, bos_token_id=bos_token_id,
-                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, tie_word_embeddings=False)
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, tie_word_embeddings=False,
+                         initializer_range=init_range, rope_theta=rope_theta)
     model = LlamaForCausalLM(config).eval()
     torch.random.set_rng_state(generator_state)
     if logit_scale != 1.0:
@@ -43,6 +46,21 @@ def tiny_random_llama(vocab_size: int, *, eos_token_id: int | None, pad_token_id
     model.generation_config.eos_token_id = eos_token_id
     model.generation_config.pad_token_id = pad_token_id
     return model
+
+
+def position_sensitive_llama(vocab_size: int, *, seed: int = 0, eos_token_id: int | None = None,
+                             pad_token_id: int = 0, layers: int = 1, hidden: int = 16) -> LlamaForCausalLM:
+    """A tiny random Llama whose next-token distributions are peaked and react strongly to positions, for tests
+    that must notice wrong position ids, a wrong cache slot or a q-for-p swap.
+
+    The default initialisation (std 0.02) gives nearly uniform outputs (next-token probabilities 0.11-0.15 at 8
+    tokens) that barely depend on positions (moving one position by 15 changes the logits by ~1e-3). Weights drawn
+    with std 0.3 and RoPE with theta 100 give top probabilities of ~0.3-0.6 before any temperature, and moving the
+    last token's position by one changes its next-token distribution by a total variation of ~0.4.
+    """
+    return tiny_random_llama(vocab_size, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                             bos_token_id=pad_token_id, layers=layers, hidden=hidden, seed=seed, max_positions=512,
+                             init_range=0.3, rope_theta=100.0)
 
 
 def tiny_random_seq2seq(family: str, vocab_size: int, *, eos_token_id: int | None, layers: int = 2, hidden: int = 32,

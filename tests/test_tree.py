@@ -161,3 +161,29 @@ def test_paths_from_accuracy_picks_the_likeliest_prefix_closed_paths():
     paths = paths_from_accuracy(accuracy, 4)
     assert paths == [(0,), (0, 0), (1,), (0, 1)]  # 0.6, 0.3, 0.2, 0.12
     assert build_tree(paths).num_nodes == 4
+
+
+def test_sampling_tree_verify_bonus_after_an_accepted_leaf():
+    """Every node on the path certain: the next token is drawn from the accepted leaf's own row."""
+    tree = build_tree([(0,), (1,), (0, 0)])  # nodes: (0,), (1,), (0, 0)
+    nodes = torch.tensor([3, 4, 5])
+    p = _scores({0: 3, 1: 5, 2: 4, 3: 7}, 4).softmax(-1)  # root wants 3, node 0 wants 5, leaf (0, 0) wants 7
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        assert sampling_tree_verify(tree, nodes, p, generator=generator) == ([0, 2], 7)
+
+
+def test_sampling_tree_verify_never_redraws_a_rejected_child():
+    """When every child is rejected, the next token comes from p with the children's tokens removed: never a
+    rejected child's token. (Drawing from p instead gives token 3 in half of those trials; 400 trials see ~100 of
+    them, so the chance that such a bug goes unseen is 2^-100.)"""
+    tree = build_tree([(0,), (1,)])
+    nodes = torch.tensor([3, 4])
+    p = torch.zeros(3, 6)
+    p[0, 3], p[0, 4], p[0, 2] = 0.5, 0.25, 0.25
+    p[1:, 5] = 1.0
+    generator = torch.Generator().manual_seed(1)
+    outcomes = [sampling_tree_verify(tree, nodes, p, generator=generator) for _ in range(400)]
+    rejected_all = [nxt for path, nxt in outcomes if not path]
+    assert len(rejected_all) > 50 and set(rejected_all) == {2}
+    assert {tuple(path) for path, _ in outcomes} == {(), (0,), (1,)}
