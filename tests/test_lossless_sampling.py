@@ -218,10 +218,9 @@ def test_padded_batch_follows_plain_sampling(target):
     assert_follows(counts(rows[1::2]), exact_joint(target, short, padding=padding, settings=NO_PENALTY))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "Transformers >= 5 gives RepetitionPenaltyLogitsProcessor a per-row `prompt_ignore_length` [B] (the left "
-    "padding); the batched engine calls the processors one row [1, n] at a time, which it refuses"))
 def test_padded_batch_with_a_repetition_penalty(target):
+    """Transformers gives RepetitionPenaltyLogitsProcessor a per-row `prompt_ignore_length` [B] (the left padding);
+    the engine calls processors one row at a time, each row with its own entry (engine.scoring.row_processors)."""
     padding = PROMPT.shape[1] - SHORT_PROMPT.shape[1]
     ids = torch.cat([PROMPT, torch.cat([torch.full((1, padding), PAD), SHORT_PROMPT], dim=1)])
     mask = (torch.arange(ids.shape[1]) >= torch.tensor([0, padding])[:, None]).long()

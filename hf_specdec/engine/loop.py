@@ -23,7 +23,7 @@ from .cache import check_cache, compact
 from .checks import check_request, is_batch
 from .emit import emit_rows
 from .run import ENCODER_KWARGS, DecodeRun, Row, combine_stats, last_hidden_states
-from .scoring import select_token
+from .scoring import row_processors, select_token
 from .step import step
 from .timing import synchronized_now
 from .verification import check_verification
@@ -115,6 +115,7 @@ def start_rows(run: DecodeRun, input_ids: torch.LongTensor, model_kwargs: dict) 
     for b, (tokens, padding) in enumerate(zip(host_ids, paddings)):
         row = Row(strategy.rows[b], input_ids[b : b + 1], padding, tokens[padding:])
         row.state.host_tokens = row.tokens  # the host mirror the engine keeps up to date
+        row.state.logits_processor = row_processors(run.logits_processor, b, len(host_ids))
         rows.append(row)
     return rows
 
@@ -148,7 +149,7 @@ def prefill(run: DecodeRun, rows: list[Row], input_ids: torch.LongTensor, model_
 
 def first_tokens(run: DecodeRun, rows: list[Row], logits: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
     """(scores `[1, V]`, the first new token) of every row from the prefill's last logits `[B, V]`."""
-    scores = [run.logits_processor(row.view, logits[b : b + 1].clone()) for b, row in enumerate(rows)]  # [1, V] each
+    scores = [row.state.logits_processor(row.view, logits[b : b + 1].clone()) for b, row in enumerate(rows)]  # [1, V]
     strategy = run.strategy
     if strategy.drafts_every_position:  # the verifier's scores need the draft's distribution here too
         drafts = strategy.propose_rows([(b, row.ids, 0) for b, row in enumerate(rows)])

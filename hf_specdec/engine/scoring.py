@@ -3,10 +3,32 @@ prefix it would see in plain decoding (so repetition penalties, min-length and t
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import LogitsProcessorList
 
 from .drafts import RowDraft
+
+
+# Processor attributes generate sizes to the batch (one entry per row): the engine calls processors one row at a
+# time, so each row gets copies holding its own entry.
+PER_ROW_ATTRIBUTES = ("prompt_ignore_length",)
+
+
+def row_processors(logits_processor: LogitsProcessorList, row: int, batch: int) -> LogitsProcessorList:
+    """The processors as row `row` of a `batch`-row call sees them (the list itself for a batch of one)."""
+    if batch == 1:
+        return logits_processor
+    processors = LogitsProcessorList()
+    for processor in logits_processor:
+        sliced = {name: value[row : row + 1] for name in PER_ROW_ATTRIBUTES
+                  if torch.is_tensor(value := getattr(processor, name, None)) and value.shape[:1] == (batch,)}
+        if sliced:
+            processor = copy.copy(processor)
+            processor.__dict__.update(sliced)
+        processors.append(processor)
+    return processors
 
 
 def process_scores(logits_processor: LogitsProcessorList, input_ids: torch.LongTensor,
@@ -33,14 +55,13 @@ def tree_scores(logits_processor: LogitsProcessorList, input_ids: torch.LongTens
     return torch.cat(rows, dim=0)
 
 
-def row_scores(logits_processor: LogitsProcessorList, strategy, state, view: torch.LongTensor, draft: RowDraft,
-               logits: torch.Tensor) -> torch.Tensor:
+def row_scores(strategy, state, view: torch.LongTensor, draft: RowDraft, logits: torch.Tensor) -> torch.Tensor:
     """The scores `[1 + N, V]` a row's draft is verified against: processed, and for a chain what the strategy
     verifies against (the target's own, or a mixture's log q*)."""
     if draft.is_chain:
-        scores = process_scores(logits_processor, view, draft.tokens, logits)
+        scores = process_scores(state.logits_processor, view, draft.tokens, logits)
         return strategy.verification_scores(state, scores, draft.draft)
-    return tree_scores(logits_processor, view, draft, logits)
+    return tree_scores(state.logits_processor, view, draft, logits)
 
 
 def select_token(scores: torch.Tensor, do_sample: bool) -> int:

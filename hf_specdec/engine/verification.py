@@ -41,8 +41,7 @@ def check_verification(config: StrategyConfig, generation_config: GenerationConf
 def verify_rows(run: DecodeRun, rows: list[Row], drafts: list[RowDraft | None], logits: torch.Tensor,
                 ) -> list[Verdict | None]:
     """Verdicts for every row with a draft; `logits` `[B, 1 + W, V]` from the verify forward."""
-    scores = [None if d is None else row_scores(run.logits_processor, run.strategy, row.state, row.view, d,
-                                                logits[b, : 1 + d.num_nodes])
+    scores = [None if d is None else row_scores(run.strategy, row.state, row.view, d, logits[b, : 1 + d.num_nodes])
               for b, (row, d) in enumerate(zip(rows, drafts))]
     config = run.strategy.config
     if not run.do_sample and config.verification != "typical":

@@ -52,6 +52,8 @@ class RowState:
         # The engine's host mirror of the row's tokens during a call (kept current by it), so drafters read tokens
         # without a device-to-host transfer per step; None outside a call.
         self.host_tokens: list[int] | None = None
+        # The logits processors as this row sees them (per-row entries sliced, see engine.scoring.row_processors).
+        self.logits_processor: LogitsProcessorList | None = None
 
     def token_list(self, input_ids: torch.LongTensor) -> list[int]:
         """`input_ids[0]` (`[1, n]`) as a host list: the engine's mirror when it is current (no device read), else

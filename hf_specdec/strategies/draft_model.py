@@ -333,7 +333,8 @@ class DraftModelStrategy(SpeculativeStrategy):
             self._cache.confirm(row.index, tokens, draft_tokens.numel())  # all accepted
             pending = self._cache.sync(row.index, tokens)
             logits = self._cache.forward({row.index: pending}, True, self._vocab_args())[row.index : row.index + 1]
-            log_policy = self.logits_processor(sequence, logits).log_softmax(dim=-1).to(input_ids.device)  # [1, V]
+            processors = row.logits_processor or self.logits_processor
+            log_policy = processors(sequence, logits).log_softmax(dim=-1).to(input_ids.device)  # [1, V]
         log_q, alpha = self.mixture.log_probs(log_policy, row.bonus_target_row[None].log_softmax(dim=-1))
         row.alphas, row.bonus_target_row = torch.cat([row.alphas, alpha]), None
         return log_q[0]
@@ -395,7 +396,8 @@ class DraftModelStrategy(SpeculativeStrategy):
                 if argmax_only:
                     token = tokens[index : index + 1]  # [1]
                 else:
-                    distribution = self.logits_processor(sequences[index], logits[index : index + 1]).softmax(-1)[0]
+                    processors = self.rows[index].logits_processor or self.logits_processor
+                    distribution = processors(sequences[index], logits[index : index + 1]).softmax(-1)[0]
                     stop = self.rows[index].schedule.stop_on_entropy(float(_entropy(distribution))) \
                         if needs_entropy else False
                     if len(drafted[index]) == counts[index] or stop:
