@@ -122,6 +122,23 @@ class DrafterCache:
             self.keys, self.values = self.keys[..., :length, :], self.values[..., :length, :]
 
 
+def packed_cache(caches: list[DrafterCache]) -> tuple[DrafterCache, list[int]]:
+    """Several rows' caches as one (their slots side by side), so one drafter forward serves every row, each query
+    masked to its own row's slots; and each row's first slot. One row: its own cache, nothing copied."""
+    if len(caches) == 1:
+        return caches[0], [0]
+    starts, total = [], 0
+    for cache in caches:
+        starts.append(total)
+        total += len(cache)
+    packed = DrafterCache()
+    filled = [cache for cache in caches if cache.keys is not None]
+    if filled:
+        packed.keys = torch.cat([cache.keys for cache in filled], dim=-2)
+        packed.values = torch.cat([cache.values for cache in filled], dim=-2)
+    return packed, starts
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()

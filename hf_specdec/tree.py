@@ -91,6 +91,7 @@ class TreeDraft:
     tree: TokenTree
     tokens: torch.LongTensor
 
+
 def build_tree(paths: Sequence[Sequence[int]], max_depth: int | None = None) -> TokenTree:
     """A tree from choice paths; missing prefixes are added, duplicates dropped, paths deeper than `max_depth`
     (e.g. the number of heads) removed. Nodes are ordered by depth, then path, so parents precede children."""
@@ -134,25 +135,51 @@ def grow_dynamic_tree(top_children, depth: int, num_nodes: int, width: int,
     """A tree shaped by this step's own draft probabilities (EAGLE-2), for any drafter.
 
     `top_children(k, paths)` gives, for each token path of length k (the drafted tokens from depth 1; `[()]` at
-    k = 0), the drafter's top-`width` next tokens and their probabilities as two `[P, width]` lists. Depth by depth,
-    the `width` most probable nodes (path probability: the product along the path) are expanded; then the
-    `num_nodes` most probable nodes of all are kept. A child is never more probable than its parent, so the kept
-    nodes form a tree. Returns (tree, tokens `[N]`, each node's own probability `[N]`).
+    k = 0), the drafter's top-`width` next tokens and their probabilities as two `[P, width]` lists. See
+    `DynamicTreeGrowth`, which drives several trees in lockstep (one drafter forward per depth for a batch).
     """
-    # A node: (its tokens from depth 1, its ranks = its path in the tree, path probability, own probability).
-    frontier: list[tuple[tuple[int, ...], tuple[int, ...], float, float]] = [((), (), 1.0, 1.0)]
-    nodes: dict[tuple[int, ...], tuple[int, float, float]] = {}  # ranks -> token, own prob, path prob
+    growth = DynamicTreeGrowth(depth, num_nodes, width)
     for k in range(depth):
-        top_tokens, top_probs = top_children(k, [node[0] for node in frontier])
+        growth.grow(*top_children(k, growth.paths()))
+    return growth.result()
+
+
+class DynamicTreeGrowth:
+    """One EAGLE-2 tree grown depth by depth: `paths()` are the token paths to expand next, `grow(tokens, probs)`
+    takes the drafter's top-`width` children of each (two `[P, width]` lists), `result()` the kept tree.
+
+    Depth by depth, the `width` most probable nodes (path probability: the product along the path) are expanded;
+    then the `num_nodes` most probable nodes of all are kept. A child is never more probable than its parent, so
+    the kept nodes form a tree. `result()` returns (tree, tokens `[N]`, each node's own probability `[N]`)."""
+
+    def __init__(self, depth: int, num_nodes: int, width: int) -> None:
+        self.depth, self.num_nodes, self.width = depth, num_nodes, width
+        # A node: (its tokens from depth 1, its ranks = its path in the tree, path probability, own probability).
+        self.frontier: list[tuple[tuple[int, ...], tuple[int, ...], float, float]] = [((), (), 1.0, 1.0)]
+        self.nodes: dict[tuple[int, ...], tuple[int, float, float]] = {}  # ranks -> token, own prob, path prob
+        self.grown_depth = 0
+
+    @property
+    def done(self) -> bool:
+        return self.grown_depth >= self.depth
+
+    def paths(self) -> list[tuple[int, ...]]:
+        return [node[0] for node in self.frontier]
+
+    def grow(self, top_tokens: list[list[int]], top_probs: list[list[float]]) -> None:
         grown = [((*tokens, token), (*ranks, rank), path_prob * prob, prob)
-                 for (tokens, ranks, path_prob, _), row_tokens, row_probs in zip(frontier, top_tokens, top_probs)
+                 for (tokens, ranks, path_prob, _), row_tokens, row_probs in zip(self.frontier, top_tokens, top_probs)
                  for rank, (token, prob) in enumerate(zip(row_tokens, row_probs))]
-        nodes |= {ranks: (tokens[-1], prob, path_prob) for tokens, ranks, path_prob, prob in grown}
-        frontier = heapq.nlargest(width, grown, key=lambda node: node[2])
-    kept = sorted(nodes, key=lambda ranks: (-nodes[ranks][2], len(ranks)))[:num_nodes]  # parents sort first
-    tree = build_tree(kept)
-    return (tree, torch.tensor([nodes[path][0] for path in tree.paths]),
-            torch.tensor([nodes[path][1] for path in tree.paths]))
+        self.nodes |= {ranks: (tokens[-1], prob, path_prob) for tokens, ranks, path_prob, prob in grown}
+        self.frontier = heapq.nlargest(self.width, grown, key=lambda node: node[2])
+        self.grown_depth += 1
+
+    def result(self) -> tuple[TokenTree, torch.LongTensor, torch.Tensor]:
+        nodes = self.nodes
+        kept = sorted(nodes, key=lambda ranks: (-nodes[ranks][2], len(ranks)))[:self.num_nodes]  # parents first
+        tree = build_tree(kept)
+        return (tree, torch.tensor([nodes[path][0] for path in tree.paths]),
+                torch.tensor([nodes[path][1] for path in tree.paths]))
 
 
 def chain_tree(length: int) -> TokenTree:

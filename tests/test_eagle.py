@@ -185,3 +185,63 @@ def test_transformers_own_loop_gets_no_drafts_rather_than_wrong_ones(target):
     strategy = EagleStrategy(make_drafter(target), lookup_min_ngram=0)  # the drafter's own part
     candidates, logits = strategy.get_candidates(repetitive_prompt(0))
     assert candidates.shape[1] == repetitive_prompt(0).shape[1] and logits is None
+
+
+def _copy_rows(rows):
+    """Deep copies of EAGLE row states (their caches' tensors cloned)."""
+    copies = []
+    for row in rows:
+        copy = type(row)(row.schedule)
+        copy.cache.keys = None if row.cache.keys is None else row.cache.keys.clone()
+        copy.cache.values = None if row.cache.values is None else row.cache.values.clone()
+        copy.last, copy.next_position = row.last, row.next_position
+        copies.append(copy)
+    return copies
+
+
+@pytest.mark.parametrize("tree", [None, "dynamic"])
+def test_batched_drafting_equals_each_row_alone(target, fitted_drafter, tree):
+    """A padded batch drafts every row in one drafter forward per depth (and commits every row's pairs in one
+    forward): each row's draft and committed state equal what that row gets alone."""
+    strategy = EagleStrategy(fitted_drafter, tree=tree, tree_nodes=6, lookup_min_ngram=0,
+                             skip_unprofitable_drafts=False)
+    checked = {"drafts": 0, "commits": 0}
+    batched_draft, batched_commit = strategy._draft, strategy._commit
+
+    def draft(requests):
+        drafts = batched_draft(requests)
+        if len(requests) > 1:
+            for request, together in zip(requests, drafts):
+                alone = batched_draft([request])[0]
+                assert torch.equal(alone.tokens, together.tokens)
+                assert (alone.tree is None) == (together.tree is None)
+                if alone.tree is not None:
+                    assert torch.equal(alone.tree.tokens, together.tree.tokens)
+                    assert torch.equal(alone.tree.tree.parents, together.tree.tree.parents)
+                checked["drafts"] += bool(alone.tokens.numel())
+        return drafts
+
+    def commit(pending):
+        if len(pending) > 1:
+            copies = _copy_rows([row for row, *_ in pending])
+            for copy, (_, features, tokens, first) in zip(copies, pending):
+                batched_commit([(copy, features, tokens, first)])
+        batched_commit(pending)
+        if len(pending) > 1:
+            for copy, (row, *_) in zip(copies, pending):
+                torch.testing.assert_close(row.last, copy.last, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(row.cache.keys, copy.cache.keys, atol=1e-5, rtol=1e-5)
+                assert row.next_position == copy.next_position
+            checked["commits"] += 1
+
+    strategy._draft, strategy._commit = draft, commit
+    prompts = [repetitive_prompt(200 + i)[0] for i in range(3)]
+    prompts = [prompts[0], prompts[1][:-5], prompts[2][:-9]]  # different lengths: left padding
+    width = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
+    mask = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), torch.ones(len(p), dtype=torch.long)])
+                        for p in prompts])
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, assistant_model=strategy)
+    plain = target.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False)
+    assert torch.equal(out, plain)
+    assert checked["drafts"] >= 6 and checked["commits"] >= 3, checked

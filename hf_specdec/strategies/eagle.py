@@ -17,8 +17,8 @@ import torch
 from ..config import StrategyConfig, register_config
 from ..schedules import make_schedule
 from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
-from ..eagle_drafter import DrafterCache, EagleDrafter
-from ..tree import TreeDraft, grow_dynamic_tree
+from ..eagle_drafter import DrafterCache, EagleDrafter, packed_cache
+from ..tree import DynamicTreeGrowth, TreeDraft
 from .base import Draft, RowState, SpeculativeStrategy
 from .medusa import tree_chain_nodes
 from .ngram import check_lookup_min_ngram, front_lookup
@@ -126,69 +126,141 @@ class EagleStrategy(SpeculativeStrategy):
             row.last = None  # the cache stays until the next call (tests read it)
 
     @torch.no_grad()
+    def observe_rows(self, outcomes) -> None:
+        """Commits this step's pairs (the target's feature at each emitted row, the token it produced) to each row's
+        drafter cache, every row in one drafter forward; its output at a row's last pair drafts its next step."""
+        pending = []
+        for outcome in outcomes:
+            row = self.rows[outcome.row]
+            SpeculativeStrategy.observe_row(self, row, outcome.input_ids, outcome.draft, outcome.num_accepted,
+                                            outcome.target_scores, outcome.forward_seconds)
+            pending += self._new_pairs(row, outcome.input_ids, outcome.hidden_states)
+        if pending:
+            self._commit(pending)
+
     def observe_row(self, row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states=None):
-        """Commits this step's pairs (the target's feature at each emitted row, the token it produced) to the
-        drafter's cache; its output at the last one drafts the next step's first token."""
         super().observe_row(row, input_ids, draft, num_accepted, target_scores, forward_seconds, hidden_states)
+        pending = self._new_pairs(row, input_ids, hidden_states)
+        if pending:
+            with torch.no_grad():
+                self._commit(pending)
+
+    def _new_pairs(self, row: DrafterRow, input_ids: torch.LongTensor, hidden_states: torch.Tensor | None) -> list:
+        """[(row, features `[m, H]`, tokens `[m]`, first position)] for the pairs a step adds, or []."""
         if hidden_states is None or hidden_states.shape[0] == 0:
-            return
+            return []
         count = hidden_states.shape[0]
         first = input_ids.shape[1] - 1 - count  # target position of the first row
         if first != row.next_position:  # e.g. a prefilled cache left early prompt rows out: start afresh here
             row.reset()
             row.next_position = first
-        tokens = input_ids[0, -count:]
-        positions = torch.arange(first, first + count, device=input_ids.device)
         features = hidden_states.to(next(self.drafter.parameters()).dtype)
-        row.last = self.drafter.step(features, tokens, positions, row.cache)[-1]
-        row.next_position = first + count
+        return [(row, features, input_ids[0, -count:], first)]
+
+    def _commit(self, pending: list) -> None:
+        """One drafter forward over every row's new pairs, each seeing its own row's cache and earlier new pairs;
+        the new keys/values go back to each row's cache."""
+        rows = [row for row, *_ in pending]
+        counts = [features.shape[0] for _, features, _, _ in pending]
+        cache, starts = packed_cache([row.cache for row in rows])
+        past, total = len(cache), sum(counts)
+        device = pending[0][1].device
+        positions = torch.cat([torch.arange(first, first + count, device=device)
+                               for (_, _, _, first), count in zip(pending, counts)])
+        mask = None
+        if len(rows) > 1:
+            mask = torch.zeros(total, past + total, dtype=torch.bool)
+            offset = 0
+            for row, start, count in zip(rows, starts, counts):
+                block = slice(offset, offset + count)
+                mask[block, start:start + len(row.cache)] = True
+                mask[block, past + offset:past + offset + count] = torch.ones(count, count, dtype=torch.bool).tril()
+                offset += count
+            mask = mask.to(device)
+        out = self.drafter.step(torch.cat([features for _, features, _, _ in pending]),
+                                torch.cat([tokens for _, _, tokens, _ in pending]), positions, cache, mask)
+        offset = 0
+        for row, count, (_, _, _, first) in zip(rows, counts, pending):
+            if len(rows) > 1:
+                row.cache.append(cache.keys[..., past + offset:past + offset + count, :],
+                                 cache.values[..., past + offset:past + offset + count, :])
+            offset += count
+            row.last, row.next_position = out[offset - 1], first + count
+
+    def propose_rows(self, requests: list[tuple[int, torch.LongTensor, int]]) -> list[Draft]:
+        return self._draft([(self.rows[index], input_ids, max_tokens) for index, input_ids, max_tokens in requests])
+
+    def propose_row(self, row: DrafterRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
+        return self._draft([(row, input_ids, max_tokens)])[0]
 
     @torch.no_grad()
-    def propose_row(self, row: DrafterRow, input_ids: torch.LongTensor, max_tokens: int) -> Draft:
-        found = front_lookup(self, row, input_ids, self.config.lookup_min_ngram, max_tokens)
-        if found is not None:
-            return found
-        depth = min(max_tokens, self.config.num_speculative_tokens, self.config.depth)
-        # Drafting needs the drafter to be at this sequence's end (not so when called by Transformers' own loop).
-        if row.last is None or depth < 1 or row.next_position != input_ids.shape[1] - 1:
-            return Draft.empty(input_ids.device)
+    def _draft(self, requests: list[tuple[DrafterRow, torch.LongTensor, int]]) -> list[Draft]:
+        """Prompt lookup first per row; the rows it leaves grow their trees (or chains) together: one drafter
+        forward per depth for all of them."""
         chain = self.config.tree is None
-        width = 1 if chain else self.config.tree_width
-        committed = len(row.cache)
+        drafts, growing = [], []
+        for row, input_ids, max_tokens in requests:
+            draft = front_lookup(self, row, input_ids, self.config.lookup_min_ngram, max_tokens)
+            depth = min(max_tokens, self.config.num_speculative_tokens, self.config.depth)
+            # Drafting needs the drafter to be at this sequence's end (not so when called by Transformers' own loop).
+            if draft is None and (row.last is None or depth < 1 or row.next_position != input_ids.shape[1] - 1):
+                draft = Draft.empty(input_ids.device)
+            if draft is None:
+                growth = DynamicTreeGrowth(depth, depth if chain else self.config.tree_nodes,
+                                           1 if chain else self.config.tree_width)
+                growing.append((len(drafts), row, growth))
+            drafts.append(draft)
+        if growing:
+            self._grow([row for _, row, _ in growing], [growth for _, _, growth in growing])
+        for slot, _, growth in growing:
+            tree, tokens, _ = growth.result()
+            top = tokens[tree_chain_nodes(tree)]
+            drafts[slot] = Draft(top) if chain else Draft(top, tree=TreeDraft(tree, tokens))
+        return drafts
+
+    def _grow(self, rows: list[DrafterRow], growths: list[DynamicTreeGrowth]) -> None:
+        """Grows every row's tree depth by depth over one packed drafter cache (see `eagle_drafter.packed_cache`);
+        drafted positions never stay in a row's cache."""
+        cache, starts = packed_cache([row.cache for row in rows])
+        committed = [len(row.cache) for row in rows]
+        states = [{(): row.last} for row in rows]  # per row: token path -> the drafter's output after it
+        slots: list[dict] = [{(): []} for _ in rows]  # per row: token path -> cache slots of its drafted positions
         try:
-            tree, tokens, _ = grow_dynamic_tree(self._top_children(row, width), depth, depth if chain else
-                                                self.config.tree_nodes, width)
+            for k in range(max(growth.depth for growth in growths)):
+                queries = [(i, path) for i, growth in enumerate(growths) if not growth.done for path in growth.paths()]
+                if k > 0:
+                    self._run_paths(cache, queries, rows, starts, committed, states, slots, k)
+                tokens, probs = self._top_children([states[i][path] for i, path in queries], growths[0].width)
+                for i, growth in enumerate(growths):
+                    picked = [q for q, (owner, _) in enumerate(queries) if owner == i]
+                    if picked:
+                        growth.grow([tokens[q] for q in picked], [probs[q] for q in picked])
         finally:
-            row.cache.crop(committed)  # drafted positions never stay
-        if chain:
-            return Draft(tokens[tree_chain_nodes(tree)])
-        return Draft(tokens[tree_chain_nodes(tree)], tree=TreeDraft(tree, tokens))
+            if len(rows) == 1:
+                rows[0].cache.crop(committed[0])
 
-    def _top_children(self, state: DrafterRow, width: int):
-        """`top_children(k, paths)` for `tree.grow_dynamic_tree`: the drafter's top-`width` tokens after each token
-        path of length k. For k >= 1 every path's last token is run through the drafter first, in one forward, on
-        top of the committed slots and the path's own drafted ancestors (a tree mask)."""
-        drafter, cache = self.drafter, state.cache
-        committed, start = len(cache), state.next_position  # start: the position of a depth-1 token's pair
-        states = {(): state.last}  # token path -> the drafter's output after it
-        slots: dict[tuple[int, ...], list[int]] = {(): []}  # token path -> cache slots of its drafted positions
+    def _run_paths(self, cache, queries, rows, starts, committed, states, slots, k: int) -> None:
+        """Runs each queried path's last token through the drafter in one forward, on top of its own row's committed
+        slots and its drafted ancestors (a mask over the packed cache)."""
+        past, count = len(cache), len(queries)
+        mask = torch.zeros(count, past + count, dtype=torch.bool)
+        for q, (i, path) in enumerate(queries):
+            mask[q, starts[i]:starts[i] + committed[i]] = True
+            mask[q, slots[i][path[:-1]]] = True
+            mask[q, past + q] = True
+        device = rows[0].last.device
+        out = self.drafter.step(torch.stack([states[i][path[:-1]] for i, path in queries]),
+                                torch.tensor([path[-1] for _, path in queries], device=device),
+                                torch.tensor([rows[i].next_position + k - 1 for i, _ in queries], device=device),
+                                cache, mask.to(device))
+        for q, (i, path) in enumerate(queries):
+            states[i][path], slots[i][path] = out[q], [*slots[i][path[:-1]], past + q]
 
-        def top_children(k: int, paths: list[tuple[int, ...]]) -> tuple[list[list[int]], list[list[float]]]:
-            if k > 0:
-                past, count = len(cache), len(paths)
-                mask = torch.zeros(count, past + count, dtype=torch.bool)
-                mask[:, :committed] = True
-                for row, path in enumerate(paths):
-                    mask[row, slots[path[:-1]]] = True
-                    mask[row, past + row] = True
-                device = state.last.device
-                out = drafter.step(torch.stack([states[path[:-1]] for path in paths]),
-                                   torch.tensor([path[-1] for path in paths], device=device),
-                                   torch.full((count,), start + k - 1, device=device), cache, mask.to(device))
-                for row, path in enumerate(paths):
-                    states[path], slots[path] = out[row], [*slots[path[:-1]], past + row]
-            logits, vocab = drafter.draft_logits(torch.stack([states[path] for path in paths]))
-            top = logits.softmax(dim=-1).topk(width, dim=-1)  # [P, width]
-            return (top.indices if vocab is None else vocab[top.indices]).tolist(), top.values.tolist()
-
-        return top_children
+    def _top_children(self, states: list[torch.Tensor], width: int) -> tuple[list[list[int]], list[list[float]]]:
+        """The drafter's top-`width` tokens and probabilities after each state, read in one transfer."""
+        logits, vocab = self.drafter.draft_logits(torch.stack(states))
+        top = logits.softmax(dim=-1).topk(width, dim=-1)  # [P, width]
+        ids = top.indices if vocab is None else vocab[top.indices]
+        # Token ids are exact in float32 (< 2**24), so ids and probabilities come back together.
+        both = torch.cat([ids.to(top.values.dtype), top.values], dim=-1).tolist()
+        return [[int(t) for t in row[:width]] for row in both], [row[width:] for row in both]
