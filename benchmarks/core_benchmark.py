@@ -12,14 +12,13 @@ output is checked token for token against plain generate.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import hf_specdec
-from hf_specdec.benchmarking import interleaved_runs, print_table, summarise
+from hf_specdec.benchmarking import interleaved_runs, print_table, summarise, write_results
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -59,10 +58,7 @@ def main() -> None:
         report[dataset] = summarise([r for r in rows if r["dataset"] == dataset])
         print_table(f"{dataset} ({len(sets[dataset])} prompts, {args.max_new_tokens} new tokens, greedy)",
                     report[dataset])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": report,
-                                    "rows": rows}, indent=1))
-    print(f"\nraw results: {args.out}")
+    write_results(args.out, args, report, rows)
 
 
 if __name__ == "__main__":

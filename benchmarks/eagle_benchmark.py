@@ -11,14 +11,13 @@ checked against plain generate. `--code-start` / `--prose-start` pick other prom
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 from core_benchmark import METHODS as CORE_METHODS
 
 import hf_specdec
-from hf_specdec.benchmarking import interleaved_runs, print_table, summarise
+from hf_specdec.benchmarking import interleaved_runs, print_table, summarise, write_results
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -86,10 +85,7 @@ def main() -> None:
     for dataset, prompts in (("code", code), ("prose", prose)):
         report[dataset] = summarise([r for r in rows if r["dataset"] == dataset])
         print_table(f"{dataset} ({len(prompts)} prompts, {args.max_new_tokens} new tokens, greedy)", report[dataset])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": report,
-                                    "rows": rows}, indent=1))
-    print(f"\nraw results: {args.out}")
+    write_results(args.out, args, report, rows)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 from core_benchmark import METHODS as CORE_METHODS
 
 import hf_specdec
-from hf_specdec.benchmarking import interleaved_runs, print_table, summarise
+from hf_specdec.benchmarking import interleaved_runs, print_table, summarise, write_results
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -156,10 +155,7 @@ def main() -> None:
         report[dataset] = {**summary, "head_top1": head_top1}
         print_report(f"{dataset} ({len(prompts)} prompts, {args.max_new_tokens} new tokens, greedy)", summary,
                      head_top1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": report,
-                                    "rows": rows}, indent=1))
-    print(f"\nraw results: {args.out}")
+    write_results(args.out, args, report, rows)
 
 
 if __name__ == "__main__":

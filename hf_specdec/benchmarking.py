@@ -94,3 +94,15 @@ def print_table(title: str, summary: dict) -> None:
         print(f"| {method} | {s['tokens_per_s']:.1f} | {s['wall_s']:.1f} | {s['speedup']:.2f}x | {vs_builtin} "
               f"| {s['median_prompt_speedup']:.2f}x ({s['min_prompt_speedup']:.2f}x) | {acc} | {mal} "
               f"| {s['identical_outputs']}/{s['prompts']} |")
+
+
+def write_results(path, args, summary: dict, rows: list[dict]) -> None:
+    """The benchmark scripts' raw results: their arguments, the summary and every timed row, as one JSON file."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
+                                "rows": rows}, indent=1))
+    print(f"\nraw results: {path}")
