@@ -18,12 +18,20 @@ class VerifyCosts:
     are interpolated as cost(0) * (1 + slope * W), the slope learnt from what was measured (prior from the CPU cost
     table in ../shared/MODELS.md: a 5-token verify costs ~1.8x a step at B = 4)."""
 
-    def __init__(self, batch_size: int, ema_alpha: float = 0.3) -> None:
+    def __init__(self, batch_size: int, ema_alpha: float = 0.3, base_every: int = 32) -> None:
         self.seconds: dict[int, float] = {}
         self.slope = 0.04 * batch_size
         self.ema_alpha = ema_alpha
+        # Steps since a plain (width 0) verify was last timed. Wider verifies are only worth what they cost relative
+        # to a plain step, so a plain step is timed first and again every `base_every` steps (the context grows).
+        self.base_every, self.since_base = base_every, 0
+
+    def needs_base(self) -> bool:
+        """True when a plain step should be timed now: wider ones were timed, and plain never or long ago."""
+        return bool(self.seconds) and (0 not in self.seconds or self.since_base >= self.base_every)
 
     def record(self, width: int, seconds: float) -> None:
+        self.since_base = 0 if width == 0 else self.since_base + 1
         old = self.seconds.get(width)
         self.seconds[width] = seconds if old is None else self.ema_alpha * seconds + (1 - self.ema_alpha) * old
         base = self.seconds.get(0)
@@ -77,17 +85,25 @@ def expected_accepted(acceptance: float, nodes: int) -> float:
 CUT_WIDTHS = (1, 2, 3, 4, 6, 8)  # widths tried besides the drafts' own sizes: a long draft cut short often pays
 
 
+# A wider verify must promise this much more than a plain step: costs are measured on a noisy machine and the
+# acceptance is an estimate, and a wrong "draft" costs a whole wide forward while a wrong "plain" costs little.
+WIDER_MARGIN = 1.1
+
+
 def choose_width(rows: list["Row"], drafts: list["RowDraft | None"], costs: VerifyCosts) -> int:
-    """The verify width W (draft nodes per row) with the most expected tokens per second; rows' drafts longer than
-    W are cut to W. Candidates: 0, every row's draft size and the `CUT_WIDTHS` below the largest."""
+    """The verify width W (draft nodes per row) with the most expected tokens per second, if that beats a plain step
+    by `WIDER_MARGIN`, else 0; rows' drafts longer than W are cut to W. Candidates: 0, every row's draft size and
+    the `CUT_WIDTHS` below the largest."""
     sizes = {d.num_nodes for d in drafts if d is not None}
     largest = max(sizes, default=0)
+    if largest and costs.needs_base():
+        return 0
     sizes = sorted({0} | sizes | {w for w in CUT_WIDTHS if w < largest})
     best, best_rate = 0, -1.0
     for width in sizes:
         tokens = sum(1 + expected_accepted(row.acceptance, min(width, d.num_nodes))
                      for row, d in zip(rows, drafts) if d is not None)
-        rate = tokens / costs.estimate(width)
+        rate = tokens / costs.estimate(width) / (WIDER_MARGIN if width else 1.0)
         if rate > best_rate:
             best, best_rate = width, rate
     return best
