@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIG_NAME, StrategyConfig
-from .publishing import made_for_model, resolve_folder
+from .folders import find_committed, resolve_folder
+from .publishing import made_for_model
 from .strategies import STRATEGIES, NGramStrategy, SpeculativeStrategy
 
 COMMITTED = Path("heads")  # the strategy folders that ship with the repo
@@ -45,8 +46,6 @@ class AutoStrategy:
 
 
 def _candidate_folders(search: list[str | os.PathLike] | None) -> list[Path]:
-    from .cli_models import find_committed
-
     committed = find_committed(COMMITTED)
     roots = [Path(p) for p in (search or [])] + ([committed] if committed else [])
     folders = [f for root in roots for f in ([root] if (root / CONFIG_NAME).is_file() else sorted(root.iterdir()))

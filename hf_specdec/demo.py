@@ -16,7 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .benchmarking import run_once, summarise
-from .cli_models import find_committed
+from .folders import find_committed
 
 PLAIN, BUILTIN = "plain", "transformers-lookup"
 # Committed strategy folders (heads and their fastest measured settings), found beside the package or under cwd.

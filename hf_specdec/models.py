@@ -121,7 +121,7 @@ def load_smollm2_draft(target: LlamaForCausalLM | None = None, path: str | Path 
     """The distilled draft committed for SmolLM2-135M-Instruct (`heads/draft-smollm2-135m`, made by
     `recipes/distill_draft.py`): a plain `LlamaForCausalLM` of a few layers that shares `target`'s embedding and
     LM head (the target is loaded when not given). It refuses any other target."""
-    from .cli_models import find_committed
+    from .folders import find_committed
     from .distilled_draft import load_draft
 
     folder = Path(path) if path is not None else find_committed(SMOLLM2_DRAFT_DIR)
