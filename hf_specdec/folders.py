@@ -31,30 +31,51 @@ def looks_local(path_or_repo_id: str | os.PathLike) -> bool:
             or len(parts) > 2 or any(p in (".", "..") for p in parts) or "\\" in text)
 
 
-def resolve_folder(path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    """A local folder as it is; a relative `heads/...` path from any working directory (the committed folders);
-    else a snapshot of the Hub repo (`huggingface_hub.snapshot_download`). A name that can only be a path and is
-    no folder is refused here, before any network call."""
+def local_folder(path_or_repo_id: str | os.PathLike) -> Path | None:
+    """The local folder the name means (as given, or a relative `heads/...` path found from any working directory);
+    None when it can be a Hub repo id. A name that can only be a path and is no folder is refused here, before any
+    network call, with "No such local folder" rather than the Hub client's repo-id validation error."""
     path = Path(os.fspath(path_or_repo_id)).expanduser()
     if path.is_dir():
         return path
     if not path.is_absolute() and (committed := find_committed(path)) is not None:
         return committed
     if path.exists():
-        raise ValueError(f"{os.fspath(path_or_repo_id)!r} is a file, not a folder: pass the folder it was saved to.")
+        raise NotADirectoryError(f"{os.fspath(path_or_repo_id)!r} is a file, not a folder: pass the folder it was "
+                                 "saved to.")
     if looks_local(path_or_repo_id):
-        raise FileNotFoundError(f"No such local folder: {os.fspath(path_or_repo_id)!r} (looked under {Path.cwd()} "
-                                f"and {SOURCE_ROOT}). Pass the folder save_pretrained wrote, or a Hub repo id "
-                                "'owner/name'.")
+        raise FileNotFoundError(f"No such local folder: {os.fspath(path_or_repo_id)!r}{_where_looked(path)}. Pass "
+                                "the folder save_pretrained wrote, or a Hub repo id 'owner/name'.")
+    return None
+
+
+def _where_looked(path: Path) -> str:
+    if path.is_absolute():
+        return ""
+    roots = dict.fromkeys([Path.cwd(), SOURCE_ROOT])  # the same folder once when run from the source tree
+    return f" (looked under {' and '.join(map(str, roots))})"
+
+
+def from_hub(path_or_repo_id: str | os.PathLike, fetch):
+    """`fetch()` (a Hub download), its failure reworded: the name was no local folder either, so say both."""
+    try:
+        return fetch()
+    except Exception as error:  # HFValidationError, offline and not-found errors all mean the same to the caller
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise FileNotFoundError(f"No such local folder: {os.fspath(path_or_repo_id)!r}"
+                                f"{_where_looked(Path(os.fspath(path_or_repo_id)))}, and no Hub repo by that name could be fetched "
+                                f"({type(error).__name__}: {first_line}). Pass the folder save_pretrained wrote, or "
+                                "a Hub repo id 'owner/name' while online.") from error
+
+
+def resolve_folder(path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
+    """A local folder (see `local_folder`), else a snapshot of the Hub repo (`huggingface_hub.snapshot_download`)."""
+    folder = local_folder(path_or_repo_id)
+    if folder is not None:
+        return folder
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(str(path_or_repo_id), **hub_kwargs))
-    except Exception as error:  # HFValidationError, offline and not-found errors all mean the same to the caller
-        raise FileNotFoundError(f"{os.fspath(path_or_repo_id)!r} is no local folder (looked under {Path.cwd()} and "
-                                f"{SOURCE_ROOT}) and could not be fetched as a Hub repo ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else ''}). Pass the folder "
-                                "save_pretrained wrote, or a Hub repo id 'owner/name'.") from error
+    return Path(from_hub(path_or_repo_id, lambda: snapshot_download(str(path_or_repo_id), **hub_kwargs)))
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -17,6 +17,7 @@ from ..config import StrategyConfig, push_folder_to_hub
 from ..folders import resolve_folder
 from ..publishing import (check_target_fits, read_target_file, target_fingerprint,
                           write_custom_generate, write_model_card, write_target_file)
+from ..rng import keeps_rng
 from ..schedules import KSchedule, make_schedule
 from ..stats import GenerationStats, StepEvent
 from ..tree import TreeDraft
@@ -309,6 +310,7 @@ class SpeculativeStrategy(CandidateGenerator):
         return ()
 
     @classmethod
+    @keeps_rng
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *args: Any, **overrides: Any) -> SpeculativeStrategy:
         """Rebuilds the strategy from a folder (or Hub repo) that `save_pretrained` wrote. Positional arguments
         (e.g. a draft model already in memory) replace what the folder holds; keyword arguments override settings."""
