@@ -33,9 +33,8 @@ def _imports(node: ast.AST, this: str, is_package: bool) -> list[str]:
     found: list[str] = []
     for child in ast.iter_child_nodes(node):
         if isinstance(child, ast.If) and _is_type_checking(child.test):
-            for stmt in child.orelse:  # the else branch does run
-                found += _imports(stmt, this, is_package) if not isinstance(stmt, (ast.Import, ast.ImportFrom)) \
-                    else _imports(ast.Module(body=[stmt], type_ignores=[]), this, is_package)
+            # only the else branch runs
+            found += _imports(ast.Module(body=child.orelse, type_ignores=[]), this, is_package)
             continue
         if isinstance(child, ast.Import):
             found += [alias.name for alias in child.names]
