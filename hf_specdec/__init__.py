@@ -4,6 +4,7 @@ Importing the package installs the generate hook (see `hf_specdec.hook`); plain 
 """
 
 from . import hook
+from ._version import __version__
 from .auto import AutoStrategy
 from .config import StrategyConfig
 from .eagle_drafter import EagleDrafter, EagleDrafterConfig
@@ -29,8 +30,6 @@ from .strategies import (
 from .verify import greedy_verify, speculative_sampling_verify, typical_acceptance_verify
 
 hook.install()
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AutoStrategy",

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIG_NAME, StrategyConfig
-from .publishing import made_for_model, resolve_folder
+from .folders import find_committed, resolve_folder
+from .publishing import made_for_model
+from .rng import keeps_rng
 from .strategies import STRATEGIES, NGramStrategy, SpeculativeStrategy
 
 COMMITTED = Path("heads")  # the strategy folders that ship with the repo
@@ -23,6 +25,7 @@ class AutoStrategy:
         raise TypeError("AutoStrategy is not instantiated; use AutoStrategy.from_pretrained(folder_or_repo).")
 
     @staticmethod
+    @keeps_rng
     def from_pretrained(path_or_repo_id: str | os.PathLike, *args: Any, **overrides: Any) -> SpeculativeStrategy:
         """Positional arguments (e.g. a draft model in memory) and setting overrides pass to the class's own
         `from_pretrained`."""
@@ -35,6 +38,7 @@ class AutoStrategy:
         return strategy_class.from_pretrained(directory, *args, **overrides)
 
     @staticmethod
+    @keeps_rng
     def for_model(model, search: list[str | os.PathLike] | None = None) -> SpeculativeStrategy:
         """The fastest strategy available for `model`: a strategy folder made for it (the committed `heads/`
         folders, fastest first, then any folder under `search`), else `NGramStrategy()`, which fits any model."""
@@ -45,8 +49,6 @@ class AutoStrategy:
 
 
 def _candidate_folders(search: list[str | os.PathLike] | None) -> list[Path]:
-    from .cli_models import find_committed
-
     committed = find_committed(COMMITTED)
     roots = [Path(p) for p in (search or [])] + ([committed] if committed else [])
     folders = [f for root in roots for f in ([root] if (root / CONFIG_NAME).is_file() else sorted(root.iterdir()))

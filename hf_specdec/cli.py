@@ -1,8 +1,8 @@
 """hf-specdec: chat with speculative decoding, generate once, or run the evaluation suite.
 
     hf-specdec chat [--model DIR] [--draft DIR] [--device cpu|cuda]     # the REPL (see /help inside)
-    hf-specdec generate "prompt" [--strategy ngram|nasd|draft_model|egag|medusa|eagle|target|drafter] [--json]
-    hf-specdec demo [--code 3] [--prose 3] [--png demo.png]              # a few prompts: speedup table + PNG
+    hf-specdec generate "prompt" [--strategy ngram|nasd|draft_model|egag|medusa|hydra|eagle|target|drafter]
+    hf-specdec demo [--code 3] [--prose 3] [--png results/demo.png]      # a few prompts: speedup table + PNG
     hf-specdec eval ...                                                  # forwarded to hf_specdec.eval.main
 
 Without --model the target is the packaged SmolLM2-135M-Instruct (nothing is downloaded).
@@ -19,7 +19,9 @@ from rich.console import Console
 
 from .session import DRAFTERS, PROCESSORS, ChatSettings, check_drafter
 
-STRATEGY_CHOICES = ("ngram", "nasd", "draft_model", "egag", "medusa", "eagle", "target", "drafter")
+DEFAULT_PNG = "results/demo.png"  # results/ is git-ignored: running the demo in a checkout leaves it clean
+STRATEGY_CHOICES = ("ngram", "nasd", "draft_model", "egag", "medusa", "hydra", "eagle", "target", "drafter")
+HYDRA_DIR = "heads/hydra-smollm2-135m"  # Hydra heads run through the Medusa drafter, from their own folder
 
 
 def _positive_int(text: str) -> int:
@@ -34,10 +36,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", metavar="DIR", help="Target model folder (default: packaged SmolLM2-135M-Instruct). "
                                                       "'tiny-random' builds a tiny random model, for tests.")
     group.add_argument("--draft", metavar="DIR", help="Draft model folder with the target's vocabulary, e.g. "
-                                                      "heads/draft-smollm2-135m (enables /draft_model, /egag, "
-                                                      "/drafter).")
+                                                      "heads/draft-smollm2-135m; needed by the draft_model, egag "
+                                                      "and drafter strategies.")
     group.add_argument("--medusa", metavar="DIR", help="Medusa heads folder (default: heads/medusa-smollm2-135m "
-                                                       "if it exists).")
+                                                       f"if it exists; with --strategy hydra, {HYDRA_DIR}).")
     group.add_argument("--eagle", metavar="DIR", help="EAGLE drafter folder (default: heads/eagle-smollm2-135m "
                                                       "if it exists).")
     group.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available).")
@@ -45,7 +47,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="auto: float32 on CPU, bfloat16 on GPU.")
     group.add_argument("--threads", type=_positive_int, help="torch CPU threads.")
     group.add_argument("--no-cpu-fast-path", action="store_true", help="Skip hf_specdec.cpu_speedups on CPU.")
-    group.add_argument("--no-chat-template", action="store_true", help="Send the text as is, without the chat template.")
+    group.add_argument("--no-chat-template", action="store_true",
+                       help="Send the text as is, without the chat template. The template is on by default, so a "
+                            "code prompt such as 'def add(a, b):' gets a chat reply; pass this to have it continued.")
     group.add_argument("--no-color", action="store_true", help="No colours (also off when stdout is not a terminal).")
 
 
@@ -82,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--code", type=int, default=2, help="HumanEval prompts (from 0).")
     demo.add_argument("--prose", type=int, default=2, help="MT-Bench prose prompts.")
     demo.add_argument("--max-new-tokens", type=_positive_int, default=96)
-    demo.add_argument("--png", default="demo.png", help="Where to write the speedup plot.")
+    demo.add_argument("--png", "--out", dest="png", default=str(DEFAULT_PNG),
+                      help=f"Where to write the speedup plot (default: {DEFAULT_PNG}, under the working directory).")
     _add_model_options(demo)
     sub.add_parser("eval", help="Evaluation suite (arguments go to hf_specdec.eval; try `hf-specdec eval --help`).",
                    add_help=False)
@@ -130,9 +135,11 @@ def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     prompt = (stdin or sys.stdin).read() if args.prompt == "-" else args.prompt
     out = stdout or sys.stdout
     console = _console(args, io.StringIO() if args.json else out)
+    if args.strategy == "hydra" and args.medusa is None:
+        args.medusa = _hydra_folder()
     bundle = _load(args)
     strategy = args.strategy or ("draft_model" if bundle.draft is not None else "ngram")
-    drafter = {"egag": "draft_model", "target": None, "drafter": None}.get(strategy, strategy)
+    drafter = {"egag": "draft_model", "hydra": "medusa", "target": None, "drafter": None}.get(strategy, strategy)
     settings = _settings(args, drafter, bundle.draft is not None)
     settings.egag = strategy == "egag"
     settings.run_speculative = strategy not in ("target", "drafter")
@@ -152,6 +159,16 @@ def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:
                    "errors": repl.errors}, out, indent=2)
         out.write("\n")
     return 1 if repl.errors else 0
+
+
+def _hydra_folder() -> str:
+    from .folders import find_committed
+
+    folder = find_committed(HYDRA_DIR)
+    if folder is None:
+        raise ValueError(f"Hydra heads are not available ({HYDRA_DIR} does not exist): train them with "
+                         "recipes/train_medusa.py (token-conditioned heads), then pass --medusa DIR.")
+    return str(folder)
 
 
 def run_demo(args: argparse.Namespace, stdout=None) -> int:

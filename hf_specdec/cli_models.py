@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .folders import find_committed
 from .tiny_models import CHAR_EOS, CHAR_VOCAB, char_tokenizer, tiny_random_llama
 
 TINY_RANDOM = "tiny-random"
@@ -129,10 +130,3 @@ def resolve_folder_option(option: str, value: str | None, committed: Path, tiny:
         return path
     return None if tiny else find_committed(committed)
 
-
-def find_committed(relative: Path) -> Path | None:
-    """A folder committed with the repo (e.g. `heads/...`), under the working directory or the source tree."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (root / relative).is_dir():
-            return root / relative
-    return None

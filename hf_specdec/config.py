@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .folders import from_hub, local_folder, read_json
+
 CONFIG_NAME = "hf_specdec_config.json"
 
 SCHEDULES = ("constant", "heuristic", "entropy")
@@ -110,17 +112,19 @@ class StrategyConfig:
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> StrategyConfig:
         """Loads from a local directory (or JSON file) first, else from a Hub repo via `huggingface_hub`."""
         path = Path(path_or_repo_id)
-        if path.is_dir():
-            path = path / CONFIG_NAME
-            if not path.is_file():
-                raise ValueError(f"{path_or_repo_id} has no {CONFIG_NAME}, so it is not an hf_specdec strategy folder "
-                                 "(write one with strategy.save_pretrained). A folder of Medusa heads alone loads with "
-                                 "MedusaStrategy(MedusaHeads.from_pretrained(folder)).")
         if not path.is_file():
-            from huggingface_hub import hf_hub_download
+            folder = local_folder(path_or_repo_id)
+            if folder is None:
+                from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(str(path_or_repo_id), CONFIG_NAME, **hub_kwargs))
-        return cls.from_dict(json.loads(path.read_text()))
+                path = Path(from_hub(path_or_repo_id,
+                                     lambda: hf_hub_download(str(path_or_repo_id), CONFIG_NAME, **hub_kwargs)))
+            else:
+                path = folder / CONFIG_NAME
+                if not path.is_file():
+                    raise ValueError(f"{path_or_repo_id} has no {CONFIG_NAME}, so it is not an hf_specdec strategy "
+                                     f"folder (write one with strategy.save_pretrained). {_what_it_is(folder)}")
+        return cls.from_dict(read_json(path))
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload hf_specdec config") -> str:
@@ -129,14 +133,29 @@ class StrategyConfig:
                                   commit_message=commit_message)
 
 
+def _what_it_is(folder: Path) -> str:
+    """How to load a folder that is not a strategy folder, judged by the files it holds."""
+    if (folder / "hf_specdec_draft.json").is_file():
+        return ("It is a distilled draft (hf_specdec_draft.json): load it with hf_specdec.distilled_draft.load_draft("
+                "folder, target) and pass hf_specdec.DraftModelStrategy(draft) as assistant_model.")
+    return ("A folder of Medusa heads alone loads with MedusaStrategy(MedusaHeads.from_pretrained(folder)), an EAGLE "
+            "drafter alone with EagleStrategy(EagleDrafter.from_pretrained(folder)).")
+
+
 def local_or_hub_files(path_or_repo_id: str | os.PathLike, names: tuple[str, ...], **hub_kwargs: Any) -> list[Path]:
-    """The files `names` of a local folder if `path_or_repo_id` is one, else downloaded from that Hub repo."""
-    directory = Path(path_or_repo_id)
-    if directory.is_dir():
+    """The files `names` of a local folder if `path_or_repo_id` is one (a missing file named), else downloaded from
+    that Hub repo."""
+    directory = local_folder(path_or_repo_id)
+    if directory is not None:
+        missing = [name for name in names if not (directory / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: it is not a complete saved folder; save "
+                                    "it again with save_pretrained.")
         return [directory / name for name in names]
     from huggingface_hub import hf_hub_download
 
-    return [Path(hf_hub_download(str(path_or_repo_id), name, **hub_kwargs)) for name in names]
+    return from_hub(path_or_repo_id,
+                    lambda: [Path(hf_hub_download(str(path_or_repo_id), name, **hub_kwargs)) for name in names])
 
 
 def push_folder_to_hub(save_pretrained: Callable[[str], Any], repo_id: str, *, private: bool | None,

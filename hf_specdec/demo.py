@@ -2,6 +2,8 @@
 prompt lookup vs each hf_specdec strategy available, interleaved per prompt; prints a speedup table, writes a PNG.
 
 A minute or three on a 2-core CPU. `benchmarks/core_benchmark.py` and `hf_specdec.eval` are the long versions.
+With 2 + 2 prompts one run's speedups move by tenths between runs (Transformers' prompt lookup most: its drafts
+either hit long copies or cost a wasted forward); more prompts (`--code`, `--prose`) steady them.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from .benchmarking import run_once, summarise
-from .cli_models import find_committed
+from .folders import find_committed
 
 PLAIN, BUILTIN = "plain", "transformers-lookup"
 # Committed strategy folders (heads and their fastest measured settings), found beside the package or under cwd.
@@ -82,13 +85,16 @@ def run_demo(bundle, *, code: int = 2, prose: int = 2, max_new_tokens: int = 96,
     prompts = demo_prompts(bundle, code, prose)
     names = list(methods)
     rows = []
-    with Progress(console=console, transient=True) as progress:
+    # A live bar on a terminal; plain lines otherwise (a log, CI), where a transient bar would print nothing.
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("warm-up", total=len(names) * (len(prompts) + 1))
+        _log(console, f"warm-up: {len(names)} methods ({', '.join(names)})")
         for name in names:
             run_once(bundle.target, prompts[0].input_ids, 8, methods[name]())
             progress.advance(task)
         for index, prompt in enumerate(prompts):
             progress.update(task, description=f"{prompt.dataset} {prompt.name}")
+            _log(console, f"prompt {index + 1}/{len(prompts)}: {prompt.dataset} {prompt.name}")
             for name in names[index % len(names):] + names[: index % len(names)]:
                 result = run_once(bundle.target, prompt.input_ids, max_new_tokens, methods[name]())
                 rows.append({"dataset": prompt.dataset, "prompt": prompt.name, "method": name, **result})
@@ -97,22 +103,36 @@ def run_demo(bundle, *, code: int = 2, prose: int = 2, max_new_tokens: int = 96,
               for dataset in dict.fromkeys(p.dataset for p in prompts)}
     console.print(speedup_table(report, bundle.target_name, max_new_tokens))
     if png is not None:
-        plot_speedups(report, png)
-        console.print(f"plot: {png}")
+        plot_speedups(report, png, title=_plot_title(report, bundle.target_name, max_new_tokens))
+        console.print(f"plot: {Path(png).resolve()}")
     return report
+
+
+def _log(console: Console, text: str) -> None:
+    if not console.is_terminal:
+        console.print(text)
+        console.file.flush()
+
+
+def _plot_title(report: dict[str, dict], target_name: str, max_new_tokens: int) -> str:
+    counts = ", ".join(f"{next(iter(s.values()))['prompts']} {dataset}" for dataset, s in report.items())
+    same = all(s["identical_outputs"] == s["prompts"] for summary in report.values() for s in summary.values())
+    check = "all outputs identical to plain generate" if same else "NOT all outputs identical to plain generate"
+    return f"{target_name}, greedy, {max_new_tokens} new tokens, {counts} prompts\n{check}"
 
 
 def speedup_table(report: dict[str, dict], target_name: str, max_new_tokens: int) -> Table:
     """One row per method; per dataset 'speedup vs plain (vs Transformers' prompt lookup)' and tokens per step."""
     datasets = list(report)
     table = Table(title=f"{target_name}, greedy, {max_new_tokens} new tokens",
-                  caption="speedup vs plain generate (vs Transformers' prompt lookup); tokens/step = mean accepted "
-                          "length; same = outputs identical to plain")
+                  caption="speedup vs plain generate (vs Transformers' prompt lookup); tok/step = mean accepted "
+                          "length (tokens per target forward); same = outputs identical to plain",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fits 80 columns
     table.add_column("method", no_wrap=True)
     for dataset in datasets:
         table.add_column(dataset, justify="right", no_wrap=True)
-        table.add_column("tok/step", justify="right")
-    table.add_column("same", justify="right")
+        table.add_column("tok/step", justify="right", no_wrap=True, min_width=8)
+    table.add_column("same", justify="right", no_wrap=True, min_width=4)
     for method in report[datasets[0]]:
         cells, identical, total = [method], 0, 0
         for dataset in datasets:
@@ -124,8 +144,8 @@ def speedup_table(report: dict[str, dict], target_name: str, max_new_tokens: int
     return table
 
 
-def plot_speedups(report: dict[str, dict], path: Path) -> None:
-    """Grouped bars: speedup vs plain per method, one group per dataset."""
+def plot_speedups(report: dict[str, dict], path: Path, title: str | None = None) -> None:
+    """Grouped bars: speedup vs plain per method, one group per dataset; `title` says what was run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,6 +161,8 @@ def plot_speedups(report: dict[str, dict], path: Path) -> None:
     ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
     ax.set_ylabel("speedup vs plain generate")
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

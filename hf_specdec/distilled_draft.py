@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from .folders import local_folder, read_json
+from .rng import keeps_rng
 from .publishing import check_target_fits, target_fingerprint
 
 DRAFT_FILE = "hf_specdec_draft.json"
@@ -103,15 +105,16 @@ def is_draft_folder(path: str | Path) -> bool:
     return (Path(path) / DRAFT_FILE).is_file()
 
 
+@keeps_rng
 def load_draft(directory: str | Path, target: PreTrainedModel) -> PreTrainedModel:
     """The draft saved in `directory`, in `target`'s dtype and device, sharing `target`'s embedding and LM head.
 
     Refuses a target other than the one the draft was made for (architecture sizes and embedding)."""
-    directory = Path(directory)
-    if not is_draft_folder(directory):
+    directory = local_folder(directory)
+    if directory is None or not is_draft_folder(directory):
         raise ValueError(f"{directory} holds no draft saved by hf_specdec ({DRAFT_FILE} missing). A complete model "
                          "folder loads with AutoModelForCausalLM.from_pretrained instead.")
-    info = json.loads((directory / DRAFT_FILE).read_text())
+    info = read_json(directory / DRAFT_FILE)
     check_draft_fits(info["target"], target)
     config = type(target.config).from_pretrained(directory)
     draft = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
@@ -148,7 +151,7 @@ def write_draft_card(directory: str | Path, base_model: str | None, metrics: dic
     from huggingface_hub import ModelCard, ModelCardData
 
     directory = Path(directory)
-    info = json.loads((directory / DRAFT_FILE).read_text())
+    info = read_json(directory / DRAFT_FILE)
     data = ModelCardData(library_name="transformers", base_model=base_model,
                          tags=["speculative-decoding", "draft-model", "hf_specdec"])
     lines = [f"# A distilled draft for {base_model or 'its target'}", "",

@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import local_or_hub_files, push_folder_to_hub, reject_unknown_keys
+from .folders import read_json
+from .rng import keeps_rng
 from .medusa_heads import output_rows
 
 CONFIG_FILE = "config.json"
@@ -344,13 +346,14 @@ class EagleDrafter(nn.Module):
         return directory
 
     @classmethod
+    @keeps_rng
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> EagleDrafter:
         """Loads from a local directory first, else downloads `config.json` and the weights from a Hub repo; the
         weights come back in float32."""
         from safetensors.torch import load_file
 
         config_path, weights_path = local_or_hub_files(path_or_repo_id, (CONFIG_FILE, WEIGHTS_FILE), **hub_kwargs)
-        data = json.loads(config_path.read_text())
+        data = read_json(config_path)
         if data.get("drafter_type") != DRAFTER_TYPE:
             raise ValueError(f"{path_or_repo_id} does not hold an EAGLE drafter (its config.json has no "
                              "drafter_type 'eagle'); Medusa heads load with MedusaHeads.from_pretrained.")

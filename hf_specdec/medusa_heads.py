@@ -28,6 +28,8 @@ from torch import nn
 
 from .config import local_or_hub_files, push_folder_to_hub, reject_unknown_keys
 from .cpu_speedups import CpuLinear, optimize_for_cpu
+from .folders import read_json
+from .rng import keeps_rng
 from .tree import TokenTree, grow_dynamic_tree
 
 CONFIG_FILE = "config.json"
@@ -367,12 +369,13 @@ class MedusaHeads(nn.Module):
         return directory
 
     @classmethod
+    @keeps_rng
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> MedusaHeads:
         """Loads from a local directory first, else downloads `config.json` and the weights from a Hub repo."""
         from safetensors.torch import load_file
 
         config_path, weights_path = local_or_hub_files(path_or_repo_id, (CONFIG_FILE, WEIGHTS_FILE), **hub_kwargs)
-        heads = cls(MedusaHeadsConfig.from_dict(json.loads(config_path.read_text())))
+        heads = cls(MedusaHeadsConfig.from_dict(read_json(config_path)))
         heads.load_state_dict(load_file(str(weights_path)))
         return heads.eval()
 

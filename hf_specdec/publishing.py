@@ -10,37 +10,45 @@
       README.md                     model card with Hub metadata and the measured numbers when known
 
 `custom_generate/generate.py` is a few lines that import hf_specdec, rebuild the strategy from the folder (or the
-Hub repo) it was loaded from and call `generate` again with it as `assistant_model`.
+Hub repo) it was loaded from and call `generate` again with it as `assistant_model`: the folder holds weights and
+settings, the code that drafts and verifies stays in hf_specdec, which must be installed where the folder is used
+(`requirements.txt` names it; Transformers checks it before running the code). hf_specdec is not on PyPI, so the
+model card gives the install line that works: from a git URL or a local checkout.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ._version import __version__
+from .folders import read_json, resolve_folder  # noqa: F401  (resolve_folder: kept importable from here)
 
 TARGET_FILE = "hf_specdec_target.json"
 CUSTOM_GENERATE_DIR = "custom_generate"
 # What decides whether a strategy's weights fit a target; the name is only for messages and the model card.
 TARGET_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
+# hf_specdec is installed from its source, not from an index: this is the line a folder's user can run.
+INSTALL_LINE = "pip install git+<hf_specdec's git URL>, or pip install /path/to/hf_specdec (a local checkout)"
+# requirements.txt: Transformers checks it before running generate.py; a version pin cannot name a git URL portably.
 
 _GENERATE_PY = '''"""`custom_generate` entry point written by hf_specdec {version}: speculative decoding with {title}.
 
     model.generate(**inputs, custom_generate="<this folder or Hub repo>", trust_remote_code=True)
 
 The output is the one plain `generate` gives (greedy: token for token; sampling: the same distribution).
+Needs hf_specdec installed next to Transformers (it is not on PyPI): {install}
 """
 
-import hf_specdec.publishing
+import hf_specdec.custom_generate
 
 REPO_ID = {repo_id!r}  # where it was pushed; used only if the `custom_generate=` argument cannot be read
 
 
 def generate(model, **kwargs):
-    return hf_specdec.publishing.run_custom_generate(model, kwargs, repo_id=REPO_ID)
+    return hf_specdec.custom_generate.run_custom_generate(model, kwargs, repo_id=REPO_ID)
 '''
 
 
@@ -91,16 +99,15 @@ def write_target_file(directory: Path, made_for: Mapping[str, Any] | None) -> No
 
 def read_target_file(directory: Path) -> dict[str, Any] | None:
     path = directory / TARGET_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def write_custom_generate(directory: Path, title: str, repo_id: str | None) -> None:
     """`custom_generate/generate.py` and `requirements.txt` for Transformers' `custom_generate=` loader."""
-    from . import __version__
-
     folder = directory / CUSTOM_GENERATE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "generate.py").write_text(_GENERATE_PY.format(version=__version__, title=title, repo_id=repo_id))
+    (folder / "generate.py").write_text(_GENERATE_PY.format(version=__version__, title=title, repo_id=repo_id,
+                                                                 install=INSTALL_LINE))
     (folder / "requirements.txt").write_text(f"hf_specdec>={__version__}\n")
 
 
@@ -113,8 +120,13 @@ def write_model_card(directory: Path, *, title: str, strategy_type: str, config:
                          tags=["custom_generate", "speculative-decoding", "hf_specdec", strategy_type])
     where = repo_id or directory.name
     lines = [f"# {title}", "",
-             f"Speculative decoding for `{base_model or 'its target'}` with hf_specdec (`pip install hf_specdec`): the "
-             "same tokens `generate` would give, in fewer target forwards.", "",
+             f"Speculative decoding for {_target_phrase(base_model, title)} with hf_specdec: the same tokens `generate` "
+             "would give, in fewer target forwards.", "",
+             "## Requirements", "",
+             "`custom_generate/generate.py` imports hf_specdec (the folder holds the weights and settings; the "
+             "drafting and verification code is hf_specdec's), so install it next to Transformers first. It is not "
+             f"on PyPI: `{INSTALL_LINE}`. `trust_remote_code=True` runs that small file.", "",
+             "## Use", "",
              "```python",
              f'out = model.generate(**inputs, custom_generate="{where}", trust_remote_code=True, max_new_tokens=128)',
              "```", "", "or, with hf_specdec imported:", "", "```python", "import hf_specdec", "",
@@ -127,41 +139,9 @@ def write_model_card(directory: Path, *, title: str, strategy_type: str, config:
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(directory / "README.md")
 
 
-def resolve_folder(path_or_repo_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    """A local folder as it is, else a snapshot of the Hub repo (`huggingface_hub.snapshot_download`)."""
-    path = Path(path_or_repo_id)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(path_or_repo_id), **hub_kwargs))
-
-
-def run_custom_generate(model, generate_kwargs: dict[str, Any], *, repo_id: str | None):
-    """Body of every `custom_generate/generate.py`: load the strategy, then `generate` with it as assistant."""
-    from .auto import AutoStrategy
-
-    if generate_kwargs.get("assistant_model") is not None:
-        raise ValueError("custom_generate=<hf_specdec folder> brings its own drafter; do not also pass "
-                         "assistant_model.")
-    source = _custom_generate_source() or repo_id
-    if source is None:
-        raise ValueError("Cannot tell which folder this custom_generate code was loaded from, and it names no Hub "
-                         "repo: load the strategy with hf_specdec.AutoStrategy.from_pretrained(folder) and pass it "
-                         "as assistant_model.")
-    strategy = AutoStrategy.from_pretrained(source)
-    generate_kwargs = {key: value for key, value in generate_kwargs.items() if key != "assistant_model"}
-    return model.generate(assistant_model=strategy, **generate_kwargs)
-
-
-def _custom_generate_source() -> str | None:
-    """The `custom_generate=` string the caller gave Transformers' `generate` (a folder or a repo id): it is a local
-    of that frame, and the only record of where this code was loaded from (Transformers copies generate.py into
-    its module cache first)."""
-    frame = inspect.currentframe()
-    while frame is not None:
-        value = frame.f_locals.get("custom_generate") if frame.f_code.co_name == "generate" else None
-        if isinstance(value, (str, os.PathLike)):
-            return str(value)
-        frame = frame.f_back
-    return None
+def _target_phrase(base_model: str | None, title: str) -> str:
+    """The card's target wording: the base model's id, else the name in the title, else a plain phrase."""
+    if base_model:
+        return f"`{base_model}`"
+    name = title.split(" for ", 1)[1] if " for " in title else None
+    return f"`{name}`" if name else "the target it was saved with"

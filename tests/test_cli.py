@@ -398,14 +398,57 @@ def test_debug_trace_names_each_part():
     assert "ok \x1b" in lines[1]  # the labels themselves are not dimmed
 
 
-def test_demo_prints_the_table_and_writes_the_png(capsys, tmp_path):
-    """`hf-specdec demo` end to end on the tiny model: every method timed, outputs checked, a PNG written. The
-    committed heads are skipped: they were made for another target."""
-    png = tmp_path / "demo.png"
+def test_demo_prints_the_table_and_writes_the_png(capsys, tmp_path, monkeypatch):
+    """`hf-specdec demo` end to end on the tiny model: every method timed, outputs checked, a PNG written under
+    results/ (not into the working directory itself), progress printed although stdout is no terminal, the table
+    readable at 80 columns. The committed heads are skipped: they were made for another target."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
     assert main(["demo", "--model", TINY_RANDOM, "--code", "1", "--prose", "1", "--max-new-tokens", "12",
-                 "--png", str(png), "--no-color"]) == 0
+                 "--no-color"]) == 0
     out = capsys.readouterr().out
     for method in ("plain", "transformers-lookup", "ngram", "nasd"):
         assert method in out
     assert "hydra" not in out and "2/2" in out
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "prompt 1/2: code" in out and "prompt 2/2: prose" in out  # progress, one line per prompt
+    assert "tok/step" in out and "same" in out and max(len(line) for line in out.splitlines()) <= 80
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]
+    assert (tmp_path / "results" / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    png = tmp_path / "elsewhere.png"
+    assert main(["demo", "--model", TINY_RANDOM, "--code", "1", "--prose", "0", "--max-new-tokens", "4",
+                 "--out", str(png), "--no-color"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and str(png) in capsys.readouterr().out
+
+
+def test_demo_plot_title_names_the_run_and_the_output_check():
+    from hf_specdec.demo import _plot_title
+
+    row = {"identical_outputs": 2, "prompts": 2}
+    report = {"code": {"plain": row, "ngram": row}, "prose": {"plain": row, "ngram": {**row, "identical_outputs": 1}}}
+    title = _plot_title(report, "tiny", 12)
+    assert title.startswith("tiny, greedy, 12 new tokens, 2 code, 2 prose prompts") and "NOT all outputs" in title
+    report["prose"]["ngram"] = row
+    assert "\nall outputs identical to plain generate" in _plot_title(report, "tiny", 12)
+
+
+def test_generate_help_lists_hydra_and_explains_draft_and_the_chat_template(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "hydra" in text and "/draft_model" not in text and "needed by the draft_model" in text
+    assert "code prompt" in text  # --no-chat-template says why a code prompt gets prose back
+
+
+def test_generate_hydra_uses_the_hydra_folder(monkeypatch):
+    """`--strategy hydra` is the Medusa drafter over the committed Hydra heads."""
+    import hf_specdec.cli as cli
+
+    seen = {}
+
+    def load(args):  # stop before loading any model: only the folder choice is checked
+        seen["medusa"] = args.medusa
+        raise ValueError("stopped")
+
+    monkeypatch.setattr(cli, "_load", load)
+    assert main(["generate", "x", "--model", TINY_RANDOM, "--strategy", "hydra"]) == 2
+    assert seen["medusa"].endswith("heads/hydra-smollm2-135m")

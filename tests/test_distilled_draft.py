@@ -53,8 +53,11 @@ def test_loading_for_another_target_is_refused(target, tmp_path):
         load_draft(tmp_path, make_llama(layers=2, seed=4))
     with pytest.raises(ValueError, match="embedding differs"):
         load_draft(tmp_path, make_llama(layers=3, seed=5))  # same shapes, other weights
-    with pytest.raises(ValueError, match="holds no draft saved by hf_specdec"):
+    with pytest.raises(FileNotFoundError, match="No such local folder"):
         load_draft(tmp_path / "missing", target)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no draft saved by hf_specdec"):
+        load_draft(tmp_path / "empty", target)
 
 
 def test_a_draft_vocabulary_must_index_the_head(target):

@@ -56,6 +56,9 @@ def test_folder_layout_and_model_card(saved):
     card = (folder / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: transformers" in card and "custom_generate" in card
     assert "mean accepted length (latest call)" in card  # measured numbers of the call before saving
+    # honest about what the folder needs: hf_specdec installed, from source (no index serves it); no placeholder
+    assert "not on PyPI" in card and "pip install hf_specdec" not in card and "its target" not in card
+    assert "hf_specdec" in (folder / "custom_generate/generate.py").read_text()
     assert (results["draft_model"][0] / "draft" / "config.json").is_file()
 
 

@@ -14,8 +14,10 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 from transformers.generation.candidate_generator import CandidateGenerator
 
 from ..config import StrategyConfig, push_folder_to_hub
-from ..publishing import (check_target_fits, read_target_file, resolve_folder, target_fingerprint,
+from ..folders import resolve_folder
+from ..publishing import (check_target_fits, read_target_file, target_fingerprint,
                           write_custom_generate, write_model_card, write_target_file)
+from ..rng import keeps_rng
 from ..schedules import KSchedule, make_schedule
 from ..stats import GenerationStats, StepEvent
 from ..tree import TreeDraft
@@ -284,7 +286,7 @@ class SpeculativeStrategy(CandidateGenerator):
         made_for = target_fingerprint(target, name) if target is not None else self.made_for
         write_target_file(directory, made_for)
         target_name = (made_for or {}).get("name")
-        title = f"{type(self).__name__} for {target_name}" if target_name else type(self).__name__
+        title = f"{self.display_name()} for {target_name}" if target_name else self.display_name()
         write_custom_generate(directory, title, repo_id)
         if metrics is None and self.last_stats is not None:
             stats = self.last_stats
@@ -295,6 +297,10 @@ class SpeculativeStrategy(CandidateGenerator):
                          repo_id=repo_id, metrics=metrics)
         return directory
 
+    def display_name(self) -> str:
+        """What the model card's title calls this strategy (a subclass may name its variant, e.g. Hydra heads)."""
+        return type(self).__name__
+
     def save_components(self, directory: Path) -> None:
         """Subclasses with weights (heads, a draft model) write them into the strategy folder here."""
 
@@ -304,6 +310,7 @@ class SpeculativeStrategy(CandidateGenerator):
         return ()
 
     @classmethod
+    @keeps_rng
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *args: Any, **overrides: Any) -> SpeculativeStrategy:
         """Rebuilds the strategy from a folder (or Hub repo) that `save_pretrained` wrote. Positional arguments
         (e.g. a draft model already in memory) replace what the folder holds; keyword arguments override settings."""

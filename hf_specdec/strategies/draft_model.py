@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
 from ..engine.timing import synchronized_now
+from ..folders import read_json
 from ..drafters.draft_cache import DraftCacheRows
 from ..distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
 from ..mixture_math import GeometricMixture
@@ -193,7 +194,7 @@ class DraftModelStrategy(SpeculativeStrategy):
         if (directory / DRAFT_DIR).is_dir():
             return (_load_model(directory / DRAFT_DIR),)
         if (directory / DRAFT_POINTER).is_file():
-            return (_load_model(json.loads((directory / DRAFT_POINTER).read_text())["name_or_path"]),)
+            return (_load_model(_pointer_target(directory)),)
         raise ValueError(f"{directory} has no draft model ({DRAFT_DIR}/ or {DRAFT_POINTER}); pass the draft: "
                          "DraftModelStrategy.from_pretrained(folder, draft_model).")
 
@@ -446,6 +447,17 @@ class DraftModelStrategy(SpeculativeStrategy):
             tokens = row.bridge.to_target(target_ids, context, drafted)[:count]
             results.append(Draft(torch.tensor(tokens, dtype=torch.long, device=input_ids.device)))
         return results, forwards
+
+
+def _pointer_target(directory: Path) -> str:
+    """Where `draft_model.json` says the draft is, with the file named when it is damaged or says nothing."""
+    pointer = directory / DRAFT_POINTER
+    data = read_json(pointer)
+    if not isinstance(data, dict) or not isinstance(data.get("name_or_path"), str):
+        raise ValueError(f"{pointer} must be a JSON object with a \"name_or_path\" string (the draft's folder or "
+                         f"Hub repo id), got {data!r}. Save the strategy again, or pass the draft: "
+                         "DraftModelStrategy.from_pretrained(folder, draft_model).")
+    return data["name_or_path"]
 
 
 def _load_model(name_or_path) -> PreTrainedModel:

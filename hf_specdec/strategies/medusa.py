@@ -121,6 +121,10 @@ class MedusaStrategy(SpeculativeStrategy):
     def new_row(self) -> HiddenRow:
         return HiddenRow(make_schedule(self.config))
 
+    def display_name(self) -> str:
+        # Hydra heads run through MedusaStrategy too; the card should not call them Medusa.
+        return "MedusaStrategy (Hydra heads)" if self.heads.config.token_conditioned else "MedusaStrategy"
+
     def save_components(self, directory: Path) -> None:
         self.heads.save_pretrained(directory)  # config.json + model.safetensors: the folder is a heads folder too
 
