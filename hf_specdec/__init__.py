@@ -24,6 +24,8 @@ from .strategies import (
     NASDStrategy,
     NGramConfig,
     NGramStrategy,
+    RecyclingConfig,
+    RecyclingStrategy,
     SpeculativeStrategy,
 )
 from .verify import greedy_verify, speculative_sampling_verify, typical_acceptance_verify
@@ -52,6 +54,8 @@ __all__ = [
     "NASDStrategy",
     "NGramConfig",
     "NGramStrategy",
+    "RecyclingConfig",
+    "RecyclingStrategy",
     "SpeculativeStrategy",
     "StepEvent",
     "StrategyConfig",

@@ -6,6 +6,7 @@ from .eagle import EagleConfig, EagleStrategy
 from .medusa import MedusaConfig, MedusaStrategy
 from .nasd import NASDConfig, NASDStrategy, NGramStore
 from .ngram import NGramConfig, NGramStrategy
+from .recycling import RecyclingConfig, RecyclingStrategy
 
 STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
     "draft_model": DraftModelStrategy,
@@ -13,6 +14,7 @@ STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
     "medusa": MedusaStrategy,
     "nasd": NASDStrategy,
     "ngram": NGramStrategy,
+    "recycling": RecyclingStrategy,
 }
 
 __all__ = [
@@ -29,5 +31,7 @@ __all__ = [
     "NGramConfig",
     "NGramStore",
     "NGramStrategy",
+    "RecyclingConfig",
+    "RecyclingStrategy",
     "SpeculativeStrategy",
 ]
