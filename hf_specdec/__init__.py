@@ -27,6 +27,8 @@ from .strategies import (
     RecyclingConfig,
     RecyclingStrategy,
     SpeculativeStrategy,
+    SuffixConfig,
+    SuffixStrategy,
 )
 from .verify import greedy_verify, speculative_sampling_verify, typical_acceptance_verify
 
@@ -59,6 +61,8 @@ __all__ = [
     "SpeculativeStrategy",
     "StepEvent",
     "StrategyConfig",
+    "SuffixConfig",
+    "SuffixStrategy",
     "greedy_verify",
     "sample_geometric_mixture",
     "speculative_sampling_verify",

@@ -7,6 +7,7 @@ from .medusa import MedusaConfig, MedusaStrategy
 from .nasd import NASDConfig, NASDStrategy, NGramStore
 from .ngram import NGramConfig, NGramStrategy
 from .recycling import RecyclingConfig, RecyclingStrategy
+from .suffix import SuffixConfig, SuffixStrategy
 
 STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
     "draft_model": DraftModelStrategy,
@@ -15,6 +16,7 @@ STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
     "nasd": NASDStrategy,
     "ngram": NGramStrategy,
     "recycling": RecyclingStrategy,
+    "suffix": SuffixStrategy,
 }
 
 __all__ = [
@@ -34,4 +36,6 @@ __all__ = [
     "RecyclingConfig",
     "RecyclingStrategy",
     "SpeculativeStrategy",
+    "SuffixConfig",
+    "SuffixStrategy",
 ]
