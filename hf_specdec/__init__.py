@@ -25,7 +25,11 @@ from .strategies import (
     NASDStrategy,
     NGramConfig,
     NGramStrategy,
+    RecyclingConfig,
+    RecyclingStrategy,
     SpeculativeStrategy,
+    SuffixConfig,
+    SuffixStrategy,
 )
 from .verify import greedy_verify, speculative_sampling_verify, typical_acceptance_verify
 
@@ -51,9 +55,13 @@ __all__ = [
     "NASDStrategy",
     "NGramConfig",
     "NGramStrategy",
+    "RecyclingConfig",
+    "RecyclingStrategy",
     "SpeculativeStrategy",
     "StepEvent",
     "StrategyConfig",
+    "SuffixConfig",
+    "SuffixStrategy",
     "greedy_verify",
     "sample_geometric_mixture",
     "speculative_sampling_verify",

@@ -6,6 +6,8 @@ from .eagle import EagleConfig, EagleStrategy
 from .medusa import MedusaConfig, MedusaStrategy
 from .nasd import NASDConfig, NASDStrategy, NGramStore
 from .ngram import NGramConfig, NGramStrategy
+from .recycling import RecyclingConfig, RecyclingStrategy
+from .suffix import SuffixConfig, SuffixStrategy
 
 STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
     "draft_model": DraftModelStrategy,
@@ -13,6 +15,8 @@ STRATEGIES: dict[str, type[SpeculativeStrategy]] = {
     "medusa": MedusaStrategy,
     "nasd": NASDStrategy,
     "ngram": NGramStrategy,
+    "recycling": RecyclingStrategy,
+    "suffix": SuffixStrategy,
 }
 
 __all__ = [
@@ -29,5 +33,9 @@ __all__ = [
     "NGramConfig",
     "NGramStore",
     "NGramStrategy",
+    "RecyclingConfig",
+    "RecyclingStrategy",
     "SpeculativeStrategy",
+    "SuffixConfig",
+    "SuffixStrategy",
 ]
