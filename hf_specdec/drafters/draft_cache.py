@@ -153,5 +153,5 @@ class DraftCacheRows:
             return model(**kwargs, **keep).logits[:, -1].float()  # [B, V]
         token_ids, head_t, size = vocab
         hidden = model.get_decoder()(**kwargs).last_hidden_state[:, -1]  # [B, H]
-        logits = hidden.new_full((self.batch, size), float("-inf"))
-        return logits.index_copy_(1, token_ids, hidden @ head_t).float()  # [B, V]: -inf off the draft vocabulary
+        logits = hidden.new_full((self.batch, size), float("-inf"), dtype=head_t.dtype)
+        return logits.index_copy_(1, token_ids, hidden.to(head_t.dtype) @ head_t).float()  # [B, V]: -inf off the draft vocabulary
