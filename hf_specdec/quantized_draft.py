@@ -6,8 +6,8 @@ What a scheme changes is the draft's cost per token and how often the target agr
 
 Schemes (`quantize_draft(draft, scheme)`, always on a copy; the input draft is left as it was):
 - "int8": `torch.ao` dynamic int8 on the decoder layers' `nn.Linear`s (weights int8, activations quantized per
-  call); the embedding and LM head stay as they are (a distilled draft keeps sharing its target's, so the draft
-  vocabulary's head rows stay exact).
+  call); the embedding and LM head stay as they are (a distilled draft keeps sharing its target's). With a draft
+  vocabulary, `DraftModelStrategy` scores it through an int8 copy of those head rows (`vocab_head`).
 - "bf16", "fp16": the whole draft in that dtype, a full copy (a distilled draft's shared embedding and head are
   copied too: ~56 MB more for SmolLM2's 49,152 x 576 in bf16).
 - "int8_weight_only", "int4_weight_only": torchao's weight-only schemes on the decoder layers, where torchao is
@@ -84,10 +84,26 @@ def _torchao_quantize(layers: nn.Module, scheme: str) -> None:
         quantize_(layers, config)
         if linear is not None:
             weight = linear.weight
+            if type(weight) in (torch.Tensor, nn.Parameter):
+                raise RuntimeError("torchao left the weights unquantized (no layout for these shapes or this device)")
             linear(torch.zeros(1, weight.shape[1], dtype=torch.float32, device=weight.device))
     except Exception as error:  # noqa: BLE001 - any failure here means this machine cannot run the scheme
         raise ValueError(f"Draft quantization {scheme!r} cannot run here ({type(error).__name__}: "
                          f"{str(error)[:200]}); use {works}.") from error
+
+
+def vocab_head(rows: torch.Tensor, scheme: str | None) -> torch.Tensor | nn.Module:
+    """The LM head restricted to a draft vocabulary, from its rows `[V', H]`: `[H, V']` to multiply by (M = 1
+    decode rows read it fastest transposed), or for an "int8" draft a torch.ao dynamic int8 `Linear` (the shared
+    head itself stays float: the target uses it; this slice is the draft's own)."""
+    if scheme != "int8":
+        return rows.t().contiguous()  # [H, V']
+    linear = nn.Linear(rows.shape[1], rows.shape[0], bias=False, device=rows.device, dtype=torch.float32)
+    with torch.no_grad():
+        linear.weight.copy_(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        return torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)[0]
 
 
 def head_rows(head: nn.Module) -> int:

@@ -24,7 +24,7 @@ from ..engine.timing import synchronized_now
 from ..drafters.draft_cache import DraftCacheRows
 from ..distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
 from ..mixture_math import GeometricMixture
-from ..quantized_draft import head_rows, head_weight, quantization_scheme, quantize_draft
+from ..quantized_draft import head_rows, head_weight, quantization_scheme, quantize_draft, vocab_head
 from ..tokenizer_bridge import TokenizerBridge
 from ..schedules import DraftGate, ema, make_schedule, observe_gate
 from .base import Draft, SpeculativeStrategy
@@ -228,9 +228,9 @@ class DraftModelStrategy(SpeculativeStrategy):
             head = draft.get_output_embeddings()
             plain = isinstance(head.weight, torch.Tensor)  # a quantized head's weight is a method or a subclass
             key = (id(head), head.weight.data_ptr() if plain else None, head.weight._version if plain else None,
-                   self._vocab.data_ptr())
+                   self._vocab.data_ptr(), quantization_scheme(draft))
             if self._vocab_head_key != key:  # sliced once, again only if the head or the vocabulary changed
-                self._vocab_head_t = head_weight(head)[self._vocab].t().contiguous()  # [H, V']: x @ W^T, M = 1
+                self._vocab_head_t = vocab_head(head_weight(head)[self._vocab], quantization_scheme(draft))
                 self._vocab_head_key = key
 
     def _check_pair(self, target: PreTrainedModel) -> None:
