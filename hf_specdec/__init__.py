@@ -11,6 +11,7 @@ from .eagle_drafter import EagleDrafter, EagleDrafterConfig
 from .medusa_heads import MedusaHeads, MedusaHeadsConfig
 from .mixture import sample_geometric_mixture
 from .mixture_math import GeometricMixture
+from .quantized_draft import quantize_draft
 from .stats import GenerationStats, StepEvent
 from .strategies import (
     STRATEGIES,
@@ -63,6 +64,7 @@ __all__ = [
     "SuffixConfig",
     "SuffixStrategy",
     "greedy_verify",
+    "quantize_draft",
     "sample_geometric_mixture",
     "speculative_sampling_verify",
     "typical_acceptance_verify",

@@ -67,7 +67,8 @@ class CpuLinear(nn.Linear):
         """Fast kernels only for float32 CPU inference: no autograd, no other device or dtype."""
         needs_grad = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
         on_cpu = x.is_cpu and self.weight.is_cpu
-        return not needs_grad and on_cpu and x.dtype == self.weight.dtype == torch.float32 and x.numel() > 0
+        return not needs_grad and on_cpu and x.dtype == self.weight.dtype == torch.float32 and x.numel() > 0 \
+            and _is_plain(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x` `[..., in]` -> `[..., out]`, equal to `F.linear(x, weight, bias)` up to float rounding."""
@@ -90,6 +91,11 @@ class CpuLinear(nn.Linear):
         return super().extra_repr() + ", cpu_optimized=True"
 
 
+def _is_plain(weight: torch.Tensor) -> bool:
+    """A dense weight, not a quantized tensor subclass (torchao's weight-only schemes keep `nn.Linear`)."""
+    return type(weight) in (torch.Tensor, nn.Parameter) and not weight.is_quantized
+
+
 def _weight_key(weight: torch.Tensor) -> tuple[int, int, torch.dtype, tuple[int, ...]]:
     """Identity of a weight's current values: changes on in-place updates and on replacement."""
     return (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
@@ -106,7 +112,8 @@ def optimize_for_cpu(model: nn.Module) -> nn.Module:
         if type(module) is nn.Linear:
             module.__class__ = CpuLinear
             module._fast_weights = None
-        if isinstance(module, CpuLinear) and module.weight.is_cpu and module.weight.dtype == torch.float32:
+        if isinstance(module, CpuLinear) and module.weight.is_cpu and module.weight.dtype == torch.float32 \
+                and _is_plain(module.weight):
             module.prepare()
     return model
 
@@ -137,7 +144,7 @@ def should_use_fast_kernels(model: nn.Module) -> bool:
     parameters = list(model.parameters())
     if not parameters or any(not p.is_cpu or p.dtype != torch.float32 for p in parameters):
         return False
-    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    linears = [m for m in model.modules() if type(m) is nn.Linear and _is_plain(m.weight)]
     if not linears:
         return False
     needed = sum(2 * m.weight.numel() * m.weight.element_size() for m in linears
@@ -165,7 +172,8 @@ def fast_kernels_for_call(*models: nn.Module, enabled: bool = True) -> Iterator[
     call; `restore_cpu_defaults` frees them). Yields whether any kernels were switched on."""
     chosen = [model for model in models if enabled and should_use_fast_kernels(model)]
     # dict: a layer shared by two models (a draft borrowing the target's LM head) is switched once
-    switched = list({id(m): m for model in chosen for m in model.modules() if type(m) is nn.Linear}.values())
+    switched = list({id(m): m for model in chosen for m in model.modules()
+                     if type(m) is nn.Linear and _is_plain(m.weight)}.values())
     for module in switched:
         module.__class__ = CpuLinear
         module._fast_weights = _KEPT.pop(module, None)

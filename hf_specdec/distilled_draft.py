@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from .folders import local_folder, read_json
 from .rng import keeps_rng
 from .publishing import check_target_fits, target_fingerprint
+from .quantized_draft import head_rows, quantize_draft
 
 DRAFT_FILE = "hf_specdec_draft.json"
 WEIGHTS_FILE = "draft_layers.safetensors"
@@ -84,9 +85,11 @@ def check_draft_fits(made_for: dict, target: PreTrainedModel) -> None:
 
 def save_draft(draft: PreTrainedModel, directory: str | Path, target: PreTrainedModel, *, source_layers: Sequence[int],
                draft_vocab: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16,
-               target_name: str | None = None) -> Path:
+               target_name: str | None = None, quantize: str | None = None) -> Path:
     """Writes the draft's own weights (layers + final norm, in `dtype`), its `config.json`, the draft vocabulary
-    and the target's fingerprint to `directory`."""
+    and the target's fingerprint to `directory`. `quantize` (a `hf_specdec.quantize_draft` scheme, e.g. "int8"):
+    the weights are still saved in `dtype`, and `load_draft` quantizes them on load (a quantized module is not
+    saved as such)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     owned = {name: p.detach().to(dtype).contiguous() for name, p in owned_parameters(draft, target).items()}
@@ -96,7 +99,7 @@ def save_draft(draft: PreTrainedModel, directory: str | Path, target: PreTrained
     draft.config.save_pretrained(directory)
     info = {"source_layers": list(source_layers), "weights_dtype": str(dtype).removeprefix("torch."),
             "draft_vocab_size": None if draft_vocab is None else int(draft_vocab.numel()),
-            "target": draft_fingerprint(target, target_name)}
+            "target": draft_fingerprint(target, target_name), **({"quantize": quantize} if quantize else {})}
     (directory / DRAFT_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return directory
 
@@ -106,8 +109,9 @@ def is_draft_folder(path: str | Path) -> bool:
 
 
 @keeps_rng
-def load_draft(directory: str | Path, target: PreTrainedModel) -> PreTrainedModel:
-    """The draft saved in `directory`, in `target`'s dtype and device, sharing `target`'s embedding and LM head.
+def load_draft(directory: str | Path, target: PreTrainedModel, quantize: str | None = None) -> PreTrainedModel:
+    """The draft saved in `directory`, in `target`'s dtype and device, sharing `target`'s embedding and LM head;
+    quantized with the folder's `quantize` scheme if it names one, or with `quantize` if given ("none": not at all).
 
     Refuses a target other than the one the draft was made for (architecture sizes and embedding)."""
     directory = local_folder(directory)
@@ -128,17 +132,17 @@ def load_draft(directory: str | Path, target: PreTrainedModel) -> PreTrainedMode
     draft.config._name_or_path = str(directory)
     if vocab is not None:
         set_draft_vocab(draft, vocab)
-    return draft.to(target.device).eval()
+    return quantize_draft(draft.to(target.device).eval(), quantize or info.get("quantize"))
 
 
 def set_draft_vocab(draft: PreTrainedModel, token_ids: torch.Tensor) -> None:
     """Restricts what `DraftModelStrategy` lets `draft` propose to `token_ids` (kept sorted and unique)."""
     ids = torch.unique(token_ids.to(torch.long).flatten())
-    rows = draft.get_output_embeddings().weight.shape[0]
+    rows = head_rows(draft.get_output_embeddings())
     if ids.numel() == 0 or int(ids[0]) < 0 or int(ids[-1]) >= rows:
         raise ValueError(f"A draft vocabulary must be non-empty token ids in [0, {rows}), got {ids.numel()} ids "
                          f"in [{int(ids.min()) if ids.numel() else 0}, {int(ids.max()) if ids.numel() else 0}].")
-    setattr(draft, VOCAB_ATTRIBUTE, ids.to(draft.get_output_embeddings().weight.device))
+    setattr(draft, VOCAB_ATTRIBUTE, ids.to(draft.device))
 
 
 def draft_vocab(draft: PreTrainedModel) -> torch.Tensor | None:

@@ -121,11 +121,18 @@ def load_smollm2_tokenizer(cache_dir: str | Path | None = None) -> PreTrainedTok
 SMOLLM2_DRAFT_DIR = Path("heads") / "draft-smollm2-135m"
 
 
+SMOLLM2_DRAFT_QUANTIZATION = "int8"  # what `quantized=True` means: see docs/draft.md for the measurements
+
+
 @keeps_rng
-def load_smollm2_draft(target: LlamaForCausalLM | None = None, path: str | Path | None = None) -> LlamaForCausalLM:
+def load_smollm2_draft(target: LlamaForCausalLM | None = None, path: str | Path | None = None,
+                       quantized: bool | str = False) -> LlamaForCausalLM:
     """The distilled draft committed for SmolLM2-135M-Instruct (`heads/draft-smollm2-135m`, made by
     `recipes/distill_draft.py`): a plain `LlamaForCausalLM` of a few layers that shares `target`'s embedding and
-    LM head (the target is loaded when not given). It refuses any other target."""
+    LM head (the target is loaded when not given). It refuses any other target.
+
+    quantized: True for the int8 draft (torch.ao dynamic int8 layers, `SMOLLM2_DRAFT_QUANTIZATION`), or a scheme
+    of `hf_specdec.quantize_draft` ("int8", "bf16", ...); False: as the folder says (float unless it names one)."""
     from .folders import find_committed
     from .distilled_draft import load_draft
 
@@ -133,4 +140,5 @@ def load_smollm2_draft(target: LlamaForCausalLM | None = None, path: str | Path 
     if folder is None:
         raise FileNotFoundError(f"{SMOLLM2_DRAFT_DIR} is not here: it ships with the hf_specdec repository (run from "
                                 "a clone), or pass path= to a draft made by recipes/distill_draft.py.")
-    return load_draft(folder, target if target is not None else load_smollm2())
+    scheme = SMOLLM2_DRAFT_QUANTIZATION if quantized is True else (quantized or None)
+    return load_draft(folder, target if target is not None else load_smollm2(), quantize=scheme)

@@ -56,9 +56,11 @@ def target_fingerprint(model, name: str | None = None) -> dict[str, Any]:
     """What a strategy folder records about its target: architecture sizes plus a name for people."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     info: dict[str, Any] = {key: getattr(config, key, None) for key in TARGET_KEYS}
+    from .quantized_draft import head_rows
+
     head = model.get_output_embeddings()
     if head is not None:  # the LM head's rows are what drafts index into
-        info["vocab_size"] = int(head.weight.shape[0])
+        info["vocab_size"] = head_rows(head)  # also a quantized head, whose `weight` may be a method
     info["name"] = name or Path(str(getattr(model.config, "_name_or_path", "") or "unknown")).name
     return info
 

@@ -14,7 +14,9 @@ Steps (each cached or checkpointed, so a rerun resumes where the last one stoppe
    `checkpoint_every` steps (resumed automatically), held-out top-1 agreement with the target logged together
    with what it implies: the expected accepted length of a K-token greedy draft, sum_i agreement^i (assuming
    independent positions), and the sampling acceptance rate sum_x min(p, q).
-The draft is saved in bf16 (`save_dtype`) with its recipe and training log; load it with
+The draft is saved in bf16 (`save_dtype`) with its recipe and training log; `draft.quantize: int8` (any scheme of
+`hf_specdec.quantize_draft`) makes it a quantized draft: the weights stay in `save_dtype` and `load_draft`
+quantizes them on load. Load it with
 `hf_specdec.distilled_draft.load_draft(folder, target)` (for SmolLM2: `hf_specdec.models.load_smollm2_draft()`).
 """
 
@@ -228,7 +230,8 @@ def main() -> None:
     log({"event": "final", "train_seconds": round(time.time() - t1, 1), **final})
     save_draft(draft.eval(), args.out, model, source_layers=cfg["draft"]["layers"],
                draft_vocab=None if cfg["draft"]["vocab"] == "full" else vocab,
-               dtype=getattr(torch, cfg["draft"].get("save_dtype", "bfloat16")), target_name=target_name)
+               dtype=getattr(torch, cfg["draft"].get("save_dtype", "bfloat16")), target_name=target_name,
+               quantize=cfg["draft"].get("quantize"))
     write_draft_card(args.out, target_name, {f"held-out {key}": value for key, value in final.items()})
     (args.out / "recipe.yaml").write_text(args.config.read_text())
     print(f"saved the draft to {args.out}")

@@ -138,7 +138,8 @@ class DraftCacheRows:
     def forward(self, inputs: dict[int, list[int] | torch.Tensor], known: bool,
                 vocab: tuple[torch.LongTensor, torch.Tensor, int] | None = None) -> torch.Tensor:
         """`feed`, run: the draft's float32 logits `[B, V]` after each fed row's last token (idle rows: junk).
-        vocab: (draft vocabulary `[V']`, its head `[H, V']`, V) to score only those tokens (-inf elsewhere)."""
+        vocab: (draft vocabulary `[V']`, its head `[H, V']` or a module, V) to score only those tokens (-inf
+        elsewhere)."""
         ids, positions, mask = self.feed(inputs, known)
         model = self.model
         kwargs = {CACHE_KWARG: self.cache, "use_cache": True}
@@ -151,7 +152,9 @@ class DraftCacheRows:
         if vocab is None:
             keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
             return model(**kwargs, **keep).logits[:, -1].float()  # [B, V]
-        token_ids, head_t, size = vocab
+        token_ids, head, size = vocab
         hidden = model.get_decoder()(**kwargs).last_hidden_state[:, -1]  # [B, H]
-        logits = hidden.new_full((self.batch, size), float("-inf"))
-        return logits.index_copy_(1, token_ids, hidden @ head_t).float()  # [B, V]: -inf off the draft vocabulary
+        # head: the vocabulary's rows `[H, V']`, or a module (an int8 draft's quantized copy of them)
+        scores = head(hidden.float()) if isinstance(head, torch.nn.Module) else hidden.to(head.dtype) @ head  # [B, V']
+        logits = scores.new_full((self.batch, size), float("-inf"))
+        return logits.index_copy_(1, token_ids, scores).float()  # [B, V]: -inf off the draft vocabulary

@@ -25,6 +25,7 @@ from ..folders import read_json
 from ..drafters.draft_cache import DraftCacheRows
 from ..distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
 from ..mixture_math import GeometricMixture
+from ..quantized_draft import head_rows, head_weight, quantization_scheme, quantize_draft, vocab_head
 from ..tokenizer_bridge import TokenizerBridge
 from ..schedules import DraftGate, ema, make_schedule, observe_gate
 from .base import Draft, SpeculativeStrategy
@@ -88,9 +89,10 @@ class DraftModelConfig(StrategyConfig):
 
 
 def output_vocab_size(model: PreTrainedModel) -> int:
-    """Rows of the LM head: the size of the distribution the model predicts."""
+    """Rows of the LM head: the size of the distribution the model predicts (also for a quantized head, whose
+    `weight` may be a method)."""
     head = model.get_output_embeddings()
-    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+    return head_rows(head) if head is not None else int(model.config.vocab_size)
 
 
 class DraftRow(GatedRow):
@@ -169,13 +171,20 @@ class DraftModelStrategy(SpeculativeStrategy):
 
     def save_components(self, directory: Path, include_draft: bool = True) -> None:
         """`draft/`: the draft model (safetensors), or with `include_draft=False` only `draft_model.json`, a pointer
-        to the repo or folder the draft was loaded from."""
+        to the repo or folder the draft was loaded from. A quantized draft (`hf_specdec.quantize_draft`) is always
+        saved as that pointer plus its scheme, and re-quantized from its float source on load."""
         pointer = directory / DRAFT_POINTER
-        if include_draft:
+        scheme = quantization_scheme(self.draft_model)
+        if include_draft and scheme is None:
             self.draft_model.save_pretrained(directory / DRAFT_DIR)
             pointer.unlink(missing_ok=True)
             return
         name = str(getattr(self.draft_model.config, "_name_or_path", "") or "")
+        if not name and scheme is not None:
+            raise ValueError(f"A {scheme}-quantized draft is saved as a pointer to its float source plus the scheme "
+                             "(re-quantized on load), and this draft was not loaded from a repo or folder. Save its "
+                             "float source (draft.save_pretrained(folder)), load it from there, quantize with "
+                             "hf_specdec.quantize_draft, then save the strategy.")
         if not name:
             raise ValueError("This draft model was not loaded from a repo or folder, so there is nothing to point to; "
                              "save it with include_draft=True (the default).")
@@ -185,7 +194,8 @@ class DraftModelStrategy(SpeculativeStrategy):
                              "it with hf_specdec.distilled_draft.load_draft(folder, target) and pass it: "
                              "DraftModelStrategy.from_pretrained(strategy_folder, draft).")
         shutil.rmtree(directory / DRAFT_DIR, ignore_errors=True)  # a draft saved there before would win on load
-        pointer.write_text(json.dumps({"name_or_path": name}, indent=2) + "\n")
+        info = {"name_or_path": name, **({"quantize": scheme} if scheme is not None else {})}
+        pointer.write_text(json.dumps(info, indent=2) + "\n")
 
     @classmethod
     def load_components(cls, directory: Path) -> tuple[PreTrainedModel]:
@@ -193,8 +203,10 @@ class DraftModelStrategy(SpeculativeStrategy):
         (`draft_tokenizer=..., target_tokenizer=...`): they are not saved with the strategy."""
         if (directory / DRAFT_DIR).is_dir():
             return (_load_model(directory / DRAFT_DIR),)
-        if (directory / DRAFT_POINTER).is_file():
-            return (_load_model(_pointer_target(directory)),)
+        if (directory / DRAFT_POINTER).is_file():  # a quantized draft is re-quantized from its float source
+            name_or_path = _pointer_target(directory)
+            quantize = read_json(directory / DRAFT_POINTER).get("quantize")
+            return (quantize_draft(_load_model(name_or_path), quantize),)
         raise ValueError(f"{directory} has no draft model ({DRAFT_DIR}/ or {DRAFT_POINTER}); pass the draft: "
                          "DraftModelStrategy.from_pretrained(folder, draft_model).")
 
@@ -215,10 +227,12 @@ class DraftModelStrategy(SpeculativeStrategy):
         if self._vocab is not None:
             self._vocab = self._vocab.to(draft.device)  # built or loaded on the CPU: scored on the draft's device
             self._vocab_size = output_vocab_size(draft)
-            weight = draft.get_output_embeddings().weight  # [V, H]
-            key = (weight.data_ptr(), weight._version, self._vocab.data_ptr())
+            head = draft.get_output_embeddings()
+            plain = isinstance(head.weight, torch.Tensor)  # a quantized head's weight is a method or a subclass
+            key = (id(head), head.weight.data_ptr() if plain else None, head.weight._version if plain else None,
+                   self._vocab.data_ptr(), quantization_scheme(draft))
             if self._vocab_head_key != key:  # sliced once, again only if the head or the vocabulary changed
-                self._vocab_head_t = weight.detach()[self._vocab].t().contiguous()  # [H, V']: x @ W^T, M = 1
+                self._vocab_head_t = vocab_head(head_weight(head)[self._vocab], quantization_scheme(draft))
                 self._vocab_head_key = key
 
     def _check_pair(self, target: PreTrainedModel) -> None:
