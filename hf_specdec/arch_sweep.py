@@ -39,6 +39,9 @@ _SMALL = {
                      "expert_intermediate_size", "dense_intermediate_size"), 64),
     **dict.fromkeys(("num_experts", "n_routed_experts", "num_local_experts", "moe_num_experts"), 4),
     **dict.fromkeys(("num_experts_per_tok", "moe_topk", "top_k", "moe_k"), 2),
+    # compressed (MLA) attention and partial rotary dimensions
+    "kv_lora_rank": 32, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+    "qk_head_dim": 16, "rotary_dim": 8,
     "head_dim": 16, "vocab_size": VOCAB, "max_position_embeddings": 512, "n_positions": 512,
 }
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "sep_token_id",
@@ -66,6 +69,12 @@ def shrink(config_dict: dict) -> dict:
             small[key] = [v if v < VOCAB else VOCAB - 1 for v in value if isinstance(v, int)]
         else:
             small[key] = value
+    if "kv_lora_rank" in small and "num_attention_heads" in small:  # MLA: every head has its own keys and values
+        small["num_key_value_heads"] = small["num_attention_heads"]
+        if "head_dim" in small:  # the rotary part's width
+            small["head_dim"] = small.get("qk_rope_head_dim", small["head_dim"])
+    if isinstance(small.get("per_layer_config"), dict):  # keyed by layer index; the dict round trip made them strings
+        small["per_layer_config"] = None
     layers = next((small[k] for k in ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
                    if isinstance(small.get(k), int)), None)
     for key, value in list(small.items()):
@@ -91,12 +100,7 @@ def build(model_type: str) -> torch.nn.Module:
     except Exception:  # noqa: BLE001  (types without sdpa)
         torch.manual_seed(0)
         model = model_class._from_config(config, attn_implementation="eager")
-    if hasattr(model.config, "is_decoder") and model_type in _NEEDS_DECODER:
-        pass
     return model.eval()
-
-
-_NEEDS_DECODER: tuple[str, ...] = ()
 
 
 def plain_and_inputs(model, batch: bool) -> tuple[dict, torch.Tensor]:
@@ -141,7 +145,11 @@ def run_case(model, case: str) -> Outcome:
         return Outcome("crash", f"{type(error).__name__}: {str(error)[:150]} @ {_where(error)}")
     if out.shape == plain.shape and torch.equal(out, plain):
         return Outcome("identical")
-    return Outcome("different", f"plain {plain.tolist()[0][-8:]} vs {out.tolist()[0][-8:]}")
+    if out.shape != plain.shape:
+        return Outcome("different", f"shape {tuple(out.shape)} vs plain {tuple(plain.shape)}")
+    row, column = (out != plain).nonzero()[0].tolist()
+    return Outcome("different", f"row {row} from position {column}: {out[row, column:column + 6].tolist()} vs plain "
+                                f"{plain[row, column:column + 6].tolist()}")
 
 
 def _is_ours(error: BaseException) -> bool:

@@ -1,0 +1,51 @@
+"""The architecture sweep (hf_specdec.arch_sweep): every causal LM type Transformers registers, built tiny and random,
+gives plain generate's output or a refusal that names its reason, with each strategy and in a padded batch; never a
+crash, never a different answer.
+
+The default suite runs a representative subset (one or two types per family and per refusal cause); the full sweep
+is marked slow (`pytest -m slow tests/test_architectures.py`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_specdec import arch_sweep
+
+# One or two per family: dense, MoE, sliding-window, compressed-attention, BERT-style, encoder-decoder decoders,
+# stateful / recurrent (refused), no-cache (refused), shared-KV.
+REPRESENTATIVE = ("llama", "gpt2", "opt", "bloom", "falcon", "gpt_neox", "gptj", "codegen", "mistral", "gemma2",
+                  "gemma3_text", "qwen2", "qwen3_moe", "mixtral", "phi3", "deepseek_v3", "minicpm3", "cohere2",
+                  "gpt_oss", "bert", "roberta", "bart", "pegasus", "blenderbot", "mpt", "mamba", "falcon_h1",
+                  "jamba", "rwkv", "xlnet", "openai-gpt", "moshi")
+
+GOOD = {"identical", "refused"}
+
+
+def check(model_type: str, outcomes: dict) -> None:
+    bad = {case: outcome for case, outcome in outcomes.items()
+           if outcome.status not in GOOD and not (outcome.status == "unbuilt" and model_type in UNBUILT)}
+    assert not bad, f"{model_type}: {bad}"
+    for case, outcome in outcomes.items():
+        if outcome.status == "refused":
+            assert len(outcome.detail) > 30, f"{model_type} {case}: a refusal must say why: {outcome.detail!r}"
+
+
+# Types whose tiny config cannot be built generically (see docs/architectures.md for the reasons).
+UNBUILT: set[str] = set()
+
+
+@pytest.mark.parametrize("model_type", [t for t in REPRESENTATIVE if t in arch_sweep.all_types()])
+def test_representative_architecture(model_type: str) -> None:
+    check(model_type, arch_sweep.sweep_type(model_type))
+
+
+@pytest.mark.slow
+def test_every_registered_architecture() -> None:
+    results = arch_sweep.sweep(arch_sweep.all_types(), jobs=2, timeout=120.0)
+    failures = []
+    for model_type, outcomes in results.items():
+        try:
+            check(model_type, outcomes)
+        except AssertionError as error:
+            failures.append(str(error))
+    assert not failures, "\n".join(failures) + "\n" + arch_sweep.summary(results)
