@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import re
+import sys
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -87,11 +90,24 @@ def check_causal(model: PreTrainedModel) -> None:
     says `is_decoder=True`: a verify forward's earlier positions would then see the draft tokens after them, and the
     output would differ from plain generate."""
     config = model.config
-    if not config.is_encoder_decoder and getattr(config, "is_decoder", None) is False:
+    if (not config.is_encoder_decoder and getattr(config, "is_decoder", None) is False
+            and reads_is_decoder(type(model))):
         raise ValueError(f"{type(model).__name__} has is_decoder=False in its config, so it attends bidirectionally "
                          "and a verify forward's positions would see the draft tokens after them. Load it with "
                          "is_decoder=True (e.g. from_pretrained(..., is_decoder=True)), as Transformers asks for "
                          "standalone use of this head.")
+
+
+@functools.cache
+def reads_is_decoder(model_class: type) -> bool:
+    """Whether the class's modeling code switches causal attention on `config.is_decoder` (BERT-style); many configs
+    carry the attribute without reading it (GPT-NeoX's is always causal)."""
+    try:
+        source = inspect.getsource(sys.modules[model_class.__module__])
+    except (OSError, TypeError, KeyError):
+        return False
+    return re.search(r"(= ?config\.is_decoder|is_causal=config\.is_decoder|if (self\.)?config\.is_decoder)",
+                     source) is not None
 
 
 def check_batch_request(generation_config: GenerationConfig, streamer: BaseStreamer | None) -> None:
