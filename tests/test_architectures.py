@@ -12,11 +12,9 @@ import pytest
 from hf_specdec import arch_sweep
 
 # One or two per family: dense, MoE, sliding-window, compressed-attention, BERT-style, encoder-decoder decoders,
-# stateful / recurrent (refused), no-cache (refused), shared-KV.
-REPRESENTATIVE = ("llama", "gpt2", "opt", "bloom", "falcon", "gpt_neox", "gptj", "codegen", "mistral", "gemma2",
-                  "gemma3_text", "qwen2", "qwen3_moe", "mixtral", "phi3", "deepseek_v3", "minicpm3", "cohere2",
-                  "gpt_oss", "bert", "roberta", "bart", "pegasus", "blenderbot", "mpt", "mamba", "falcon_h1",
-                  "jamba", "rwkv", "xlnet", "openai-gpt", "moshi")
+# stateful / recurrent (refused), no-cache (refused). falcon_h1 (15 s of plain generate on its SSM path) is in the slow sweep.
+REPRESENTATIVE = ("llama", "gpt2", "bloom", "gpt_neox", "mistral", "gemma2", "qwen3_moe", "deepseek_v3", "bert",
+                  "bart", "pegasus", "mpt", "mamba", "minimax", "xlm", "git", "moshi")
 
 GOOD = {"identical", "refused"}
 
