@@ -12,7 +12,8 @@ import pytest
 from hf_specdec import arch_sweep
 
 # One or two per family: dense, MoE, sliding-window, compressed-attention, BERT-style, encoder-decoder decoders,
-# stateful / recurrent (refused), no-cache (refused). falcon_h1 (15 s of plain generate on its SSM path) is in the slow sweep.
+# stateful / recurrent (refused), no-cache (refused). falcon_h1 (15 s of plain generate on its SSM path) is left
+# to the slow sweep.
 REPRESENTATIVE = ("llama", "gpt2", "bloom", "gpt_neox", "mistral", "gemma2", "qwen3_moe", "deepseek_v3", "bert",
                   "bart", "pegasus", "mpt", "mamba", "minimax", "xlm", "git", "moshi")
 
