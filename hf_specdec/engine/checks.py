@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import re
+import sys
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
@@ -33,6 +38,8 @@ def check_request(model: PreTrainedModel, input_ids: torch.LongTensor, generatio
         raise ValueError("output_attentions / output_hidden_states are not supported with an hf_specdec strategy; "
                          "output_scores and output_logits are.")
     check_distributed(model)
+    check_causal(model)
+    check_known_unsupported(model, is_batch(model, input_ids, model_kwargs))
     if model.config.is_encoder_decoder:
         if input_ids.shape[0] != 1:
             raise ValueError(f"hf_specdec supports encoder-decoder targets at batch size 1 for now, got "
@@ -43,6 +50,64 @@ def check_request(model: PreTrainedModel, input_ids: torch.LongTensor, generatio
     elif is_batch(model, input_ids, model_kwargs):
         check_batch_request(generation_config, streamer)
         check_attention(model)
+
+
+# Causal LM classes whose forward cannot verify several new tokens over a cache (the verify step's one need), or not
+# in a padded batch; found by `python -m hf_specdec.arch_sweep`. The reason is part of the message.
+MULTI_TOKEN_UNSUPPORTED = {
+    "ProphetNetForCausalLM": "its decoder supports a cache only for one new token per forward (an assertion in "
+                             "Transformers' ProphetNet)",
+    "CpmAntForCausalLM": "its attention mask is built for the new tokens only, not over the cached ones, so several "
+                         "new tokens over a cache fail in the forward",
+    "XLMWithLMHeadModel": "its attention mask is built from sequence lengths without the cached tokens, so several "
+                          "new tokens over a cache fail in the forward",
+}
+BATCH_UNSUPPORTED = {
+    "OpenAIGPTLMHeadModel": "its attention applies a fixed upper-left causal mask and cannot take a 4D mask over "
+                            "cache slots",
+    "GitForCausalLM": "with a cache it prepends image-patch slots to a 2D attention mask (even without an image), "
+                      "which a 4D mask over cache slots cannot reproduce",
+}
+
+
+def check_known_unsupported(model: PreTrainedModel, batched: bool) -> None:
+    name = type(model).__name__
+    if name in MULTI_TOKEN_UNSUPPORTED:
+        raise ValueError(f"{name} cannot be used with speculative decoding: {MULTI_TOKEN_UNSUPPORTED[name]}. Use "
+                         "plain generate for this model.")
+    if batched and name in BATCH_UNSUPPORTED:
+        raise ValueError(f"Padded batches are not supported for {name}: {BATCH_UNSUPPORTED[name]}. Generate one "
+                         "prompt at a time (a batch of one unpadded row is supported).")
+    if batched and "position_ids" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"Padded batches are not supported for {name}: its forward takes no position_ids and "
+                         "derives positions from the cache length, which a batch's masked dead slots and compaction "
+                         "change, so outputs would differ from plain generate. Generate one prompt at a time (a "
+                         "batch of one unpadded row is supported).")
+
+
+def check_causal(model: PreTrainedModel) -> None:
+    """BERT-style causal LM heads (BertLMHeadModel, RobertaForCausalLM, ...) attend bidirectionally unless their config
+    says `is_decoder=True`: a verify forward's earlier positions would then see the draft tokens after them, and the
+    output would differ from plain generate."""
+    config = model.config
+    if (not config.is_encoder_decoder and getattr(config, "is_decoder", None) is False
+            and reads_is_decoder(type(model))):
+        raise ValueError(f"{type(model).__name__} has is_decoder=False in its config, so it attends bidirectionally "
+                         "and a verify forward's positions would see the draft tokens after them. Load it with "
+                         "is_decoder=True (e.g. from_pretrained(..., is_decoder=True)), as Transformers asks for "
+                         "standalone use of this head.")
+
+
+@functools.cache
+def reads_is_decoder(model_class: type) -> bool:
+    """Whether the class's modeling code switches causal attention on `config.is_decoder` (BERT-style); many configs
+    carry the attribute without reading it (GPT-NeoX's is always causal)."""
+    try:
+        source = inspect.getsource(sys.modules[model_class.__module__])
+    except (OSError, TypeError, KeyError):
+        return False
+    return re.search(r"(= ?config\.is_decoder|is_causal=config\.is_decoder|if (self\.)?config\.is_decoder)",
+                     source) is not None
 
 
 def check_batch_request(generation_config: GenerationConfig, streamer: BaseStreamer | None) -> None:
