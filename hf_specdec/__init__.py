@@ -5,13 +5,13 @@ Importing the package installs the generate hook (see `hf_specdec.hook`); plain 
 
 from . import hook
 from ._version import __version__
-from .auto import AutoStrategy
+from .hub.auto import AutoStrategy
 from .config import StrategyConfig
-from .eagle_drafter import EagleDrafter, EagleDrafterConfig
-from .medusa_heads import MedusaHeads, MedusaHeadsConfig
+from .drafters.eagle_drafter import EagleDrafter, EagleDrafterConfig
+from .drafters.medusa_heads import MedusaHeads, MedusaHeadsConfig
 from .mixture import sample_geometric_mixture
 from .mixture_math import GeometricMixture
-from .quantized_draft import quantize_draft
+from .drafters.quantized_draft import quantize_draft
 from .stats import GenerationStats, StepEvent
 from .strategies import (
     STRATEGIES,

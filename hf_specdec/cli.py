@@ -162,7 +162,7 @@ def run_generate(args: argparse.Namespace, stdin=None, stdout=None) -> int:
 
 
 def _hydra_folder() -> str:
-    from .folders import find_committed
+    from .hub.folders import find_committed
 
     folder = find_committed(HYDRA_DIR)
     if folder is None:

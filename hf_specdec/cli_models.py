@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .folders import find_committed
+from .hub.folders import find_committed
 from .tiny_models import CHAR_EOS, CHAR_VOCAB, char_tokenizer, tiny_random_llama
 
 TINY_RANDOM = "tiny-random"
@@ -85,7 +85,7 @@ def load_causal_lm(name: str, device: torch.device, dtype: torch.dtype, *, draft
 def load_draft_for(name: str, target: PreTrainedModel, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
     """`--draft`: a folder made by recipes/distill_draft.py (shares the target's embedding and head), else any
     causal-LM folder (or the tiny random draft)."""
-    from .distilled_draft import is_draft_folder, load_draft
+    from .drafters.distilled_draft import is_draft_folder, load_draft
 
     if name != TINY_RANDOM and is_draft_folder(name):
         return load_draft(name, target)
@@ -110,7 +110,7 @@ def load_bundle(model: str | None, draft: str | None, medusa: str | None, device
         target_name = model
     draft_model = None if draft is None else load_draft_for(draft, target, torch_device, torch_dtype)
     if cpu_fast_path and torch_device.type == "cpu":
-        from .cpu_speedups import optimize_for_cpu
+        from .kernels.cpu_speedups import optimize_for_cpu
 
         for m in (target, draft_model):
             if m is not None:

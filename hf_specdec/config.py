@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .folders import from_hub, local_folder, read_json
+from .hub.folders import from_hub, local_folder, read_json
 
 CONFIG_NAME = "hf_specdec_config.json"
 

@@ -10,7 +10,7 @@ import inspect
 import os
 from typing import Any
 
-from .auto import AutoStrategy
+from .hub.auto import AutoStrategy
 
 
 def run_custom_generate(model, generate_kwargs: dict[str, Any], *, repo_id: str | None):

@@ -19,7 +19,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .benchmarking import run_once, summarise
-from .folders import find_committed
+from .hub.folders import find_committed
 
 PLAIN, BUILTIN = "plain", "transformers-lookup"
 # Committed strategy folders (heads and their fastest measured settings), found beside the package or under cwd.
@@ -42,7 +42,7 @@ def demo_methods(target) -> dict[str, Callable[[], dict]]:
     """name -> generate kwargs; a fresh strategy per call keeps prompts independent. Heads join when the committed
     folders exist and were made for this target."""
     import hf_specdec
-    from .publishing import made_for_model
+    from .hub.publishing import made_for_model
 
     methods: dict[str, Callable[[], dict]] = {
         PLAIN: lambda: {},

@@ -133,8 +133,8 @@ def load_smollm2_draft(target: LlamaForCausalLM | None = None, path: str | Path 
 
     quantized: True for the int8 draft (torch.ao dynamic int8 layers, `SMOLLM2_DRAFT_QUANTIZATION`), or a scheme
     of `hf_specdec.quantize_draft` ("int8", "bf16", ...); False: as the folder says (float unless it names one)."""
-    from .folders import find_committed
-    from .distilled_draft import load_draft
+    from .hub.folders import find_committed
+    from .drafters.distilled_draft import load_draft
 
     folder = Path(path) if path is not None else find_committed(SMOLLM2_DRAFT_DIR)
     if folder is None:

@@ -17,7 +17,7 @@ from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from ..compat import CACHE_KWARG
-from ..cpu_speedups import fast_kernels_for_call
+from ..kernels.cpu_speedups import fast_kernels_for_call
 from ..strategies.base import Draft, RowOutcome, SpeculativeStrategy
 from .cache import check_cache, compact
 from .checks import check_request, is_batch

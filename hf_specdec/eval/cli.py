@@ -23,7 +23,7 @@ import transformers
 
 import hf_specdec
 
-from ..cpu_speedups import optimize_for_cpu
+from ..kernels.cpu_speedups import optimize_for_cpu
 from .config import EvalConfig, config_to_dict, load_config
 from .loading import EvalPrompt, load_draft_model, load_eval_prompts, load_model
 from .methods import MethodFactory, skip_reason

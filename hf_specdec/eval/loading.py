@@ -46,7 +46,7 @@ def load_draft_model(spec: ModelSpec, target: PreTrainedModel) -> PreTrainedMode
     """The draft a `ModelSpec` names: `smollm2-draft` (the committed distilled draft of SmolLM2), a draft folder
     made by recipes/distill_draft.py (both share `target`'s embedding and LM head), or any model `load_model`
     loads."""
-    from ..distilled_draft import is_draft_folder, load_draft
+    from ..drafters.distilled_draft import is_draft_folder, load_draft
 
     if spec.name == "smollm2-draft":
         from ..models import load_smollm2_draft

@@ -14,8 +14,8 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 from transformers.generation.candidate_generator import CandidateGenerator
 
 from ..config import StrategyConfig, push_folder_to_hub
-from ..folders import resolve_folder
-from ..publishing import (check_target_fits, read_target_file, target_fingerprint,
+from ..hub.folders import resolve_folder
+from ..hub.publishing import (check_target_fits, read_target_file, target_fingerprint,
                           write_custom_generate, write_model_card, write_target_file)
 from ..rng import keeps_rng
 from ..schedules import KSchedule, make_schedule

@@ -21,12 +21,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
 from ..engine.timing import synchronized_now
-from ..folders import read_json
+from ..hub.folders import read_json
 from ..drafters.draft_cache import DraftCacheRows
-from ..distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
+from ..drafters.distilled_draft import draft_vocab as carried_draft_vocab, is_draft_folder
 from ..mixture_math import GeometricMixture
-from ..quantized_draft import head_rows, head_weight, quantization_scheme, quantize_draft, vocab_head
-from ..tokenizer_bridge import TokenizerBridge
+from ..drafters.quantized_draft import head_rows, head_weight, quantization_scheme, quantize_draft, vocab_head
+from ..drafters.tokenizer_bridge import TokenizerBridge
 from ..schedules import DraftGate, ema, make_schedule, observe_gate
 from .base import Draft, SpeculativeStrategy
 from .ngram import GatedRow, check_lookup_min_ngram, front_lookup

@@ -16,8 +16,8 @@ import torch
 
 from ..config import StrategyConfig, register_config
 from ..schedules import make_schedule
-from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
-from ..eagle_drafter import DrafterCache, EagleDrafter, packed_cache
+from ..kernels.cpu_speedups import is_cpu_optimized, optimize_for_cpu
+from ..drafters.eagle_drafter import DrafterCache, EagleDrafter, packed_cache
 from ..tree import DynamicTreeGrowth, TreeDraft
 from .base import Draft, RowState, SpeculativeStrategy
 from .medusa import tree_chain_nodes

@@ -16,8 +16,8 @@ import torch
 
 from ..config import StrategyConfig, register_config
 from ..schedules import make_schedule
-from ..cpu_speedups import is_cpu_optimized, optimize_for_cpu
-from ..medusa_heads import MedusaHeads
+from ..kernels.cpu_speedups import is_cpu_optimized, optimize_for_cpu
+from ..drafters.medusa_heads import MedusaHeads
 from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, TreeDraft, build_tree, chain_tree
 from .base import Draft, RowState, SpeculativeStrategy
 from .ngram import check_lookup_min_ngram, front_lookup

@@ -1,0 +1,1 @@
+"""hub: see README's table."""
