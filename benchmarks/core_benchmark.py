@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import hf_specdec
-from hf_specdec.benchmarking import interleaved_runs, print_table, summarise, write_results
+from hf_specdec.benchmarking import interleaved_runs, report_by_dataset, write_results
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -53,11 +53,7 @@ def main() -> None:
     rows = interleaved_runs(model, tokenizer, sets, {name: METHODS[name] for name in args.methods},
                             args.max_new_tokens)
 
-    report = {}
-    for dataset in sets:
-        report[dataset] = summarise([r for r in rows if r["dataset"] == dataset])
-        print_table(f"{dataset} ({len(sets[dataset])} prompts, {args.max_new_tokens} new tokens, greedy)",
-                    report[dataset])
+    report = report_by_dataset(rows, {name: len(items) for name, items in sets.items()}, args.max_new_tokens)
     write_results(args.out, args, report, rows)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import hf_specdec
-from hf_specdec.benchmarking import interleaved_runs, print_table, summarise, write_results
+from hf_specdec.benchmarking import interleaved_runs, report_by_dataset, write_results
 from hf_specdec.cpu_speedups import is_cpu_optimized
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -47,11 +47,8 @@ def main() -> None:
     prose = load_mtbench_prose(tokenizer)[args.prose_start : args.prose_start + args.prose]
     rows = interleaved_runs(model, tokenizer, {"code": code, "prose": prose}, METHODS, args.max_new_tokens)
     assert not is_cpu_optimized(model), "the user's model must come back with its own kernels"
-    report = {}
-    for dataset, prompts in (("code", code), ("prose", prose)):
-        report[dataset] = summarise([r for r in rows if r["dataset"] == dataset])
-        print_table(f"{dataset} ({len(prompts)} prompts, untouched model, {args.max_new_tokens} new tokens, greedy)",
-                    report[dataset])
+    report = report_by_dataset(rows, {"code": len(code), "prose": len(prose)}, args.max_new_tokens,
+                               note="untouched model, ")
     write_results(args.out, args, report, rows)
 
 

@@ -17,7 +17,7 @@ import torch
 from core_benchmark import METHODS as CORE_METHODS
 
 import hf_specdec
-from hf_specdec.benchmarking import interleaved_runs, print_table, summarise, write_results
+from hf_specdec.benchmarking import interleaved_runs, report_by_dataset, write_results
 from hf_specdec.cpu_speedups import optimize_for_cpu
 from hf_specdec.data import load_humaneval, load_mtbench_prose
 from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
@@ -81,10 +81,7 @@ def main() -> None:
     prose = load_mtbench_prose(tokenizer)[args.prose_start : args.prose_start + args.prose]
     rows = interleaved_runs(model, tokenizer, {"code": code, "prose": prose}, methods, args.max_new_tokens)
 
-    report = {}
-    for dataset, prompts in (("code", code), ("prose", prose)):
-        report[dataset] = summarise([r for r in rows if r["dataset"] == dataset])
-        print_table(f"{dataset} ({len(prompts)} prompts, {args.max_new_tokens} new tokens, greedy)", report[dataset])
+    report = report_by_dataset(rows, {"code": len(code), "prose": len(prose)}, args.max_new_tokens)
     write_results(args.out, args, report, rows)
 
 

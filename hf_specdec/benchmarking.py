@@ -96,6 +96,15 @@ def print_table(title: str, summary: dict) -> None:
               f"| {s['identical_outputs']}/{s['prompts']} |")
 
 
+def report_by_dataset(rows: list[dict], counts: dict[str, int], max_new_tokens: int, note: str = "") -> dict:
+    """Each dataset's summary, printed as a table titled with its prompt count; returns {dataset: summary}."""
+    report = {}
+    for dataset, count in counts.items():
+        report[dataset] = summarise([r for r in rows if r["dataset"] == dataset])
+        print_table(f"{dataset} ({count} prompts, {note}{max_new_tokens} new tokens, greedy)", report[dataset])
+    return report
+
+
 def write_results(path, args, summary: dict, rows: list[dict]) -> None:
     """The benchmark scripts' raw results: their arguments, the summary and every timed row, as one JSON file."""
     import json
