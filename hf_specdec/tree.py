@@ -187,6 +187,16 @@ def chain_tree(length: int) -> TokenTree:
     return build_tree([(0,) * length])
 
 
+def tree_chain_nodes(tree: TokenTree) -> list[int]:
+    """The nodes of the tree's top-1 chain (each node's first child, rank 0 where it exists), from depth 1: a tree
+    draft's `Draft.tokens`."""
+    chain, row, children = [], 0, tree.children()
+    while children[row]:
+        chain.append(children[row][0])
+        row = 1 + chain[-1]
+    return chain
+
+
 def tree_tokens(tree: TokenTree, candidates: torch.LongTensor) -> torch.LongTensor:
     """Node tokens from per-depth candidates: `candidates` `[D, k]` (row d = head d + 1's top-k) -> `[N]`."""
     return candidates[tree.depths - 1, tree.ranks]  # [N]

@@ -18,9 +18,8 @@ from ..config import StrategyConfig, register_config
 from ..schedules import make_schedule
 from ..kernels.cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..drafters.eagle_drafter import DrafterCache, EagleDrafter, packed_cache
-from ..tree import DynamicTreeGrowth, TreeDraft
+from ..tree import DynamicTreeGrowth, TreeDraft, tree_chain_nodes
 from .base import Draft, RowState, SpeculativeStrategy
-from .medusa import tree_chain_nodes
 from .ngram import check_lookup_min_ngram, front_lookup
 
 

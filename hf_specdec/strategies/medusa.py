@@ -18,7 +18,7 @@ from ..config import StrategyConfig, register_config
 from ..schedules import make_schedule
 from ..kernels.cpu_speedups import is_cpu_optimized, optimize_for_cpu
 from ..drafters.medusa_heads import MedusaHeads
-from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, TreeDraft, build_tree, chain_tree
+from ..tree import DEFAULT_TREE, LARGE_TREE, TokenTree, TreeDraft, build_tree, chain_tree, tree_chain_nodes
 from .base import Draft, RowState, SpeculativeStrategy
 from .ngram import check_lookup_min_ngram, front_lookup
 
@@ -218,15 +218,6 @@ def confident_nodes(tree: TokenTree, node_probs: torch.Tensor, min_confidence: f
     for node, parent in enumerate(tree.parents.tolist()):  # parents precede children
         path_probs.append(float(node_probs[node]) * (path_probs[parent] if parent >= 0 else 1.0))
     return [node for node, prob in enumerate(path_probs) if prob >= min_confidence]
-
-
-def tree_chain_nodes(tree: TokenTree) -> list[int]:
-    """The nodes of the tree's top-1 chain (rank 0 at every depth), from depth 1."""
-    chain, row, children = [], 0, tree.children()
-    while children[row]:
-        chain.append(children[row][0])
-        row = 1 + chain[-1]
-    return chain
 
 
 def check_heads_fit(heads: MedusaHeads, target) -> None:

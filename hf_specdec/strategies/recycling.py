@@ -16,7 +16,7 @@ import torch
 
 from ..config import StrategyConfig, register_config
 from ..schedules import DraftGate, make_schedule, observe_gate
-from ..tree import TokenTree, TreeDraft, build_tree
+from ..tree import TokenTree, TreeDraft, build_tree, tree_chain_nodes
 from .base import Draft, RowOutcome, SpeculativeStrategy
 from .ngram import GatedRow, NGramDrafterMixin, _check_ngram_schedule, check_lookup_min_ngram, front_lookup
 
@@ -134,13 +134,7 @@ class RecyclingStrategy(SpeculativeStrategy):
             for d in range(1, tree.max_depth + 1):
                 nodes = [i for i, nd in enumerate(tree.depth_list) if nd == d]
                 levels.append((nodes, [1 + tree.parent_list[i] for i in nodes], [tree.paths[i][-1] for i in nodes]))
-            chain = []
-            children = tree.children()
-            column = 0
-            while children[column]:
-                chain.append(children[column][0])
-                column = 1 + chain[-1]
-            self._trees[depth] = (tree, chain, levels)
+            self._trees[depth] = (tree, tree_chain_nodes(tree), levels)
         return self._trees[depth]
 
     def _walk(self, roots: list[int], depth: int) -> torch.LongTensor:

@@ -17,7 +17,7 @@ import torch
 
 from ..config import StrategyConfig, register_config
 from ..schedules import DraftGate, make_schedule, observe_gate
-from ..tree import TreeDraft, build_tree
+from ..tree import TreeDraft, build_tree, tree_chain_nodes
 from .base import Draft, RowState, SpeculativeStrategy
 from .ngram import NGramDrafterMixin, _check_ngram_schedule
 
@@ -161,7 +161,7 @@ class SuffixStrategy(SpeculativeStrategy):
         if gate is not None and not gate.should_draft(bucket):
             return Draft(torch.empty(0, dtype=torch.long), bucket=bucket)
         tree = build_tree(paths)
-        chain = [i for i, path in enumerate(tree.paths) if not any(path)]  # rank 0 at every depth
+        chain = tree_chain_nodes(tree)
         values = torch.tensor(node_tokens, dtype=torch.long)
         if len(chain) == tree.num_nodes:
             return Draft(values, bucket=bucket)
