@@ -50,6 +50,19 @@ def repetitive_prompt(seed: int, length: int = 16) -> torch.LongTensor:
     return torch.cat([head, head[:, : length // 2]], dim=-1)
 
 
+def greedy_drafted_equal_to_plain(model, strategy, label, seeds=range(6), max_new_tokens: int = 30) -> int:
+    """Greedy on `repetitive_prompt(seed)` for each seed with and without `strategy`: asserts the same tokens,
+    returns how many tokens the strategy drafted in all (tests assert it drafted at all)."""
+    drafted = 0
+    for seed in seeds:
+        prompt = repetitive_prompt(seed)
+        expected = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)
+        actual = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, assistant_model=strategy)
+        assert torch.equal(actual, expected), f"{label} differs on prompt {seed}"
+        drafted += strategy.last_stats.drafted
+    return drafted
+
+
 @pytest.fixture(scope="session")
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level tokenizer with no merges: ids 0..255 are bytes, 256 is EOS."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import repetitive_prompt
+from conftest import greedy_drafted_equal_to_plain, repetitive_prompt
 from test_batches import assert_rows_equal, batch, make_llama
 from test_lossless_sampling import PROMPT, SAMPLES, assert_follows, counts, exact_joint, sample_rows
 from test_lossless_sampling import target as lossless_target  # noqa: F401 (fixture)
@@ -42,14 +42,7 @@ def test_table_learns_the_targets_top_k_from_verify_scores(model):
 ])
 def test_greedy_equals_plain_generate(model, settings):
     strategy = hf_specdec.RecyclingStrategy(**({**UNGATED, **settings} if settings else {}))
-    drafted = 0
-    for seed in range(6):
-        prompt = repetitive_prompt(seed)
-        expected = model.generate(prompt, max_new_tokens=30, do_sample=False)
-        actual = model.generate(prompt, max_new_tokens=30, do_sample=False, assistant_model=strategy)
-        assert torch.equal(actual, expected), f"{settings} differs on prompt {seed}"
-        drafted += strategy.last_stats.drafted
-    assert drafted > 0
+    assert greedy_drafted_equal_to_plain(model, strategy, settings) > 0
 
 
 def test_tree_drafts_are_verified_in_one_forward(model):
