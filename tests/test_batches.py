@@ -99,6 +99,19 @@ def assert_rows_equal(model, plain: torch.LongTensor, ours: torch.LongTensor, id
         assert float(top2[0] - top2[1]) < 1e-4, f"row {b} differs at {position} (top-2 gap {float(top2[0] - top2[1])})"
 
 
+def batched_drafted_equal_to_plain(model, strategy, seeds=range(3), max_new_tokens: int = MAX_NEW) -> int:
+    """Greedy over `batch(seed)` for each seed with and without `strategy`: asserts every row equal to plain batched
+    generate (`assert_rows_equal`), returns how many tokens the strategy drafted in all."""
+    drafted = 0
+    for seed in seeds:
+        ids, mask = batch(seed)
+        plain = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+        ours = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                              assistant_model=strategy)
+        assert_rows_equal(model, plain, ours, ids, mask)
+        drafted += strategy.last_stats.drafted
+    return drafted
+
 @pytest.mark.parametrize("name", ["ngram", "ngram_defaults", "nasd", "draft_model", "draft_model_lookup",
                                   "medusa_chain", "medusa_tree", "hydra_dynamic", "hydra_gated", "eagle_chain",
                                   "eagle_tree"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import greedy_drafted_equal_to_plain, repetitive_prompt
-from test_batches import assert_rows_equal, batch, make_llama
+from test_batches import batched_drafted_equal_to_plain, make_llama
 from test_lossless_sampling import PROMPT, SAMPLES, assert_follows, counts, exact_joint, sample_rows
 from test_lossless_sampling import target as lossless_target  # noqa: F401 (fixture)
 
@@ -67,14 +67,7 @@ def test_tree_drafts_are_verified_in_one_forward(model):
 
 def test_left_padded_batch_equals_plain_batched_generate(model):
     strategy = hf_specdec.RecyclingStrategy(**UNGATED)
-    drafted = 0
-    for seed in range(3):
-        ids, mask = batch(seed)
-        plain = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False)
-        ours = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, assistant_model=strategy)
-        assert_rows_equal(model, plain, ours, ids, mask)
-        drafted += strategy.last_stats.drafted
-    assert drafted > 0
+    assert batched_drafted_equal_to_plain(model, strategy) > 0
 
 
 def test_sampling_follows_plain_sampling(lossless_target):  # noqa: F811

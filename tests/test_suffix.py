@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import greedy_drafted_equal_to_plain, repetitive_prompt
-from test_batches import assert_rows_equal, batch, make_llama
+from test_batches import batched_drafted_equal_to_plain, make_llama
 from test_lossless_sampling import PROMPT, SAMPLES, assert_follows, counts, exact_joint, sample_rows
 from test_lossless_sampling import target as lossless_target  # noqa: F401 (fixture)
 
@@ -41,14 +41,7 @@ def test_greedy_equals_plain_generate(model, settings):
 
 def test_left_padded_batch_equals_plain_batched_generate(model):
     strategy = hf_specdec.SuffixStrategy(max_nodes=6, nodes_per_match_token=3.0, **UNGATED)
-    drafted = 0
-    for seed in range(3):
-        ids, mask = batch(seed)
-        plain = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False)
-        ours = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, assistant_model=strategy)
-        assert_rows_equal(model, plain, ours, ids, mask)
-        drafted += strategy.last_stats.drafted
-    assert drafted > 0
+    assert batched_drafted_equal_to_plain(model, strategy) > 0
 
 
 def test_cross_request_cache_drafts_from_an_earlier_output_and_stays_bounded(model):
