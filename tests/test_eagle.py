@@ -18,10 +18,13 @@ NEW_TOKENS = 20
 
 def make_drafter(model, seed: int = 0, draft_vocab=None) -> EagleDrafter:
     torch.manual_seed(seed)
-    drafter = EagleDrafter(EagleDrafterConfig.for_target(model.config))
-    if draft_vocab is not None:
-        drafter.restrict_draft_vocab(torch.as_tensor(draft_vocab))
-    return drafter.eval()
+    return EagleDrafter.from_target(model, draft_vocab).eval()
+
+
+def aux_features(target, drafter, ids: torch.LongTensor) -> torch.Tensor:
+    """The drafter's auxiliary target features `[B, L, A * H]` of `ids`, as the engine hands them over."""
+    states = target(ids, output_hidden_states=True).hidden_states
+    return torch.cat([states[i] for i in drafter.config.aux_layer_ids], dim=-1)
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +36,20 @@ def target():
 def fitted_drafter(target) -> EagleDrafter:
     """A drafter fitted for a few seconds to the tiny target's own greedy text (unrolled as the recipe does), so
     that drafts get accepted and the tests exercise accepted paths, not only rejections."""
-    sequences = [target.generate(repetitive_prompt(100 + i), max_new_tokens=40, min_new_tokens=40,
-                                  do_sample=False) for i in range(16)]
+    steps = 3
+    ids = torch.cat([target.generate(repetitive_prompt(100 + i), max_new_tokens=40, min_new_tokens=40,
+                                     do_sample=False) for i in range(40)])  # [40, N]
+    drafter = make_drafter(target, seed=1).train()
+    drafter.lm_head.weight.requires_grad_(False)  # the target's rows, as the recipe keeps them
+    anchors = ids.shape[1] - 1 - steps  # anchor p: features at p, tokens x_{p+1..p+steps}, labels x_{p+2..}
     with torch.no_grad():
-        features = torch.cat([target(s, output_hidden_states=True).hidden_states[-1][:, :-2] for s in sequences])
-    ids = torch.cat(sequences)  # [16, L]
-    tokens, labels = ids[:, 1:-1], ids[:, 2:]
-    drafter = make_drafter(target, seed=1).train().attach_target(target)
-    optimizer = torch.optim.AdamW(drafter.parameters(), lr=3e-3)
-    weight = target.get_output_embeddings().weight.detach()
+        features = aux_features(target, drafter, ids)[:, :anchors]
+    tokens = ids[:, 1 : anchors + steps]
+    optimizer = torch.optim.AdamW([p for p in drafter.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(150):
-        states = drafter.unrolled_states(features, tokens, steps=3)
-        loss = sum(torch.nn.functional.cross_entropy((s[:, j:] @ weight.t()).flatten(0, 1), labels[:, j:].flatten())
+        states = drafter.unrolled_states(features, tokens, steps=steps)
+        loss = sum(torch.nn.functional.cross_entropy(drafter.draft_logits(s.flatten(0, 1))[0],
+                                                     ids[:, 2 + j : 2 + j + anchors].flatten())
                    for j, s in enumerate(states))
         optimizer.zero_grad()
         loss.backward()
@@ -62,34 +67,37 @@ def test_untrained_drafter_is_deterministic_and_saves_bit_exact(tmp_path, target
     a, b = make_drafter(target, seed=3, draft_vocab=[5, 2, 9, 40]), make_drafter(target, seed=3, draft_vocab=[5, 2, 9, 40])
     for name, tensor in a.state_dict().items():
         assert torch.equal(tensor, b.state_dict()[name]), name
-    a.attach_target(target)
-    features, tokens = torch.randn(5, target.config.hidden_size), torch.randint(0, VOCAB, (5,))
+    assert a.draft_token_ids.tolist() == [2, 5, 9, 40]
+    width = len(a.config.aux_layer_ids) * target.config.hidden_size
+    features, tokens = a.project(torch.randn(5, width)), torch.randint(0, VOCAB, (5,))
     first = a.step(features, tokens, torch.arange(5), DrafterCache())
     assert torch.equal(first, a.step(features, tokens, torch.arange(5), DrafterCache()))
 
     a.save_pretrained(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors", "hf_specdec_drafter.json"}
     loaded = EagleDrafter.from_pretrained(tmp_path)
     assert loaded.config == a.config and loaded.state_dict().keys() == a.state_dict().keys()
     for name, tensor in a.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
-    assert not any("embed_tokens" in name or "lm_head" in name for name in a.state_dict())  # borrowed, never saved
+    assert not any("embed_tokens" in name for name in a.state_dict())  # borrowed from the target, never saved
     assert torch.equal(loaded.attach_target(target).step(features, tokens, torch.arange(5), DrafterCache()), first)
 
 
 @torch.no_grad()
 def test_training_time_unroll_equals_run_time_drafting(target):
-    """Step j of `unrolled_states` at position p is what the drafter outputs at run time after committing the
-    target's pairs up to p - j and drafting j tokens on its own outputs (with the true tokens)."""
-    drafter = make_drafter(target, seed=5).attach_target(target)
-    features, tokens = torch.randn(1, 12, target.config.hidden_size), torch.randint(0, VOCAB, (1, 12))
-    unrolled = drafter.unrolled_states(features, tokens, steps=4)
-    for p in range(12):
-        for j in range(min(p, 3) + 1):
-            committed, cache = p - j + 1, DrafterCache()
-            out = drafter.step(features[0, :committed], tokens[0, :committed], torch.arange(committed), cache)[-1]
-            for position in range(committed, p + 1):
-                out = drafter.step(out[None], tokens[0, position : position + 1], torch.tensor([position]), cache)[-1]
+    """Step j of `unrolled_states` at anchor p is what the drafter outputs at run time after committing the
+    target's pairs up to p and drafting j tokens on its own states (with the true tokens)."""
+    drafter = make_drafter(target, seed=5)
+    length, steps = 12, 4
+    features = torch.randn(1, length, len(drafter.config.aux_layer_ids) * target.config.hidden_size)
+    tokens = torch.randint(0, VOCAB, (1, length + steps - 1))
+    unrolled = drafter.unrolled_states(features, tokens, steps=steps)
+    for p in range(length):
+        cache = DrafterCache()
+        out = drafter.step(drafter.project(features[0, : p + 1]), tokens[0, : p + 1], torch.arange(p + 1), cache)[-1]
+        torch.testing.assert_close(out, unrolled[0][0, p], atol=1e-5, rtol=1e-4)
+        for j in range(1, steps):
+            out = drafter.step(out[None], tokens[0, p + j : p + j + 1], torch.tensor([p + j]), cache)[-1]
             torch.testing.assert_close(out, unrolled[j][0, p], atol=1e-5, rtol=1e-4)
 
 
@@ -128,7 +136,7 @@ def test_drafter_cache_after_rejections_equals_the_accepted_paths(target, fitted
     out = target.generate(repetitive_prompt(3), max_new_tokens=NEW_TOKENS, do_sample=False, assistant_model=strategy)
     stats = strategy.last_stats
     assert stats.accepted > 0 and (tree is not None or stats.drafted > stats.accepted)  # a tree always rejects some
-    features = target(out[:, :-1], output_hidden_states=True).hidden_states[-1][0]  # [n - 1, H]
+    features = fitted_drafter.project(aux_features(target, fitted_drafter, out[:, :-1])[0])  # [n - 1, H]
     fresh = DrafterCache()
     fitted_drafter.step(features, out[0, 1:], torch.arange(out.shape[1] - 1), fresh)
     cache = strategy.rows[0].cache
@@ -170,6 +178,12 @@ def test_refusals_name_the_fix(tmp_path, target):
     with pytest.raises(ValueError, match="multiple"):
         EagleDrafterConfig(hidden_size=30, vocab_size=VOCAB, intermediate_size=8, num_attention_heads=4,
                            num_key_value_heads=2)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text('{"drafter_type": "eagle", "hidden_size": 32}')
+    (old / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="pre-EAGLE-3 layout"):
+        EagleDrafter.from_pretrained(old)
 
 
 def test_encoder_decoder_targets_are_refused(target):

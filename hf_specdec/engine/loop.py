@@ -22,7 +22,7 @@ from ..strategies.base import Draft, RowOutcome, SpeculativeStrategy
 from .cache import check_cache, compact
 from .checks import check_request, is_batch
 from .emit import emit_rows
-from .run import ENCODER_KWARGS, DecodeRun, Row, combine_stats, last_hidden_states
+from .run import ENCODER_KWARGS, DecodeRun, Row, combine_stats
 from .scoring import row_processors, select_token
 from .step import step
 from .timing import synchronized_now
@@ -129,7 +129,7 @@ def prefill(run: DecodeRun, rows: list[Row], input_ids: torch.LongTensor, model_
         model_kwargs = {**model_kwargs, "output_hidden_states": True}
     outputs = run.model._prefill(input_ids, run.generation_config, model_kwargs)
     logits = outputs.logits[:, -1].to(dtype=torch.float32, copy=True)  # [B, V]
-    hidden = last_hidden_states(run.model, outputs) if run.hidden_wanted else None  # [B, L, H]
+    hidden = run.hidden_states(outputs) if run.hidden_wanted else None  # [B, L, H or A * H]
     first = first_tokens(run, rows, logits)
     emit_rows(run, rows, [[token] for _, token in first])
     seconds = synchronized_now(input_ids.device) - start

@@ -48,6 +48,9 @@ class DecodeRun:
     def hidden_wanted(self) -> bool:
         return self.strategy.needs_hidden_states
 
+    def hidden_states(self, outputs) -> torch.Tensor:
+        return strategy_hidden_states(self.model, outputs, self.strategy.hidden_state_layers)
+
     @property
     def pad_token_id(self) -> int:
         pad = getattr(self.generation_config, "_pad_token_tensor", None)
@@ -78,10 +81,14 @@ class Row:
         return max_length - self.view.shape[1]
 
 
-def last_hidden_states(model: PreTrainedModel, outputs) -> torch.Tensor:
-    """The last (decoder) layer's hidden states `[B, L, H]` of a forward run with `output_hidden_states=True`."""
+def strategy_hidden_states(model: PreTrainedModel, outputs, layers: list[int] | None) -> torch.Tensor:
+    """The hidden states a strategy reads, from a forward run with `output_hidden_states=True`: the last (decoder)
+    layer's `[B, L, H]` (`layers` None), or the chosen layers' side by side `[B, L, len(layers) * H]` (layer id i
+    is Transformers' `hidden_states[i]`, the input of decoder layer i). The others are dropped here."""
     states = outputs.decoder_hidden_states if model.config.is_encoder_decoder else outputs.hidden_states
-    return states[-1]
+    if layers is None:
+        return states[-1]
+    return torch.cat([states[i] for i in layers], dim=-1)
 
 
 _LOGITS_TO_KEEP: dict[type, bool] = {}

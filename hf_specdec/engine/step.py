@@ -13,7 +13,7 @@ from .cache import commit, maybe_compact, self_attention_cache
 from .checks import check_attention
 from .drafts import RowDraft
 from .emit import emit_rows
-from .run import DecodeRun, Row, accepts_logits_to_keep, count_step, last_hidden_states
+from .run import DecodeRun, Row, accepts_logits_to_keep, count_step
 from .timing import synchronized_now
 from .verification import Verdict, verify_rows
 from .width import BatchDraftGate, VerifyCosts, choose_width
@@ -125,7 +125,7 @@ def visibility(parents: list[int]) -> torch.BoolTensor:
 def verify_forward(run: DecodeRun, rows: list[Row], drafts: list[RowDraft | None], width: int,
                    slot_mask: torch.BoolTensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """ONE target forward over every row's [last token, nodes]: float32 logits `[B, 1 + W, V]` and, when the strategy
-    reads them, the last layer's hidden states `[B, 1 + W, H]`."""
+    reads them, the hidden states it reads `[B, 1 + W, H or A * H]`."""
     ids, positions, mask = verify_inputs(run, rows, drafts, width, slot_mask)
     model, length = run.model, ids.shape[1]
     if model.config.is_encoder_decoder:  # decoder positions come from the cache's length
@@ -137,7 +137,7 @@ def verify_forward(run: DecodeRun, rows: list[Row], drafts: list[RowDraft | None
     if accepts_logits_to_keep(model):
         inputs["logits_to_keep"] = length
     outputs = model(**inputs, **{CACHE_KWARG: run.cache}, use_cache=True, output_hidden_states=run.hidden_wanted)
-    hidden = last_hidden_states(model, outputs)[:, -length:] if run.hidden_wanted else None
+    hidden = run.hidden_states(outputs)[:, -length:] if run.hidden_wanted else None
     return outputs.logits[:, -length:].float(), hidden
 
 

@@ -92,6 +92,12 @@ class SpeculativeStrategy(CandidateGenerator):
     config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
     # True: the loop asks the target for its last hidden states and passes them to `observe` (Medusa heads).
     needs_hidden_states: ClassVar[bool] = False
+
+    @property
+    def hidden_state_layers(self) -> list[int] | None:
+        """Which hidden states `observe` gets: None = the last layer's; layer ids (EAGLE-3's auxiliary layers) =
+        those layers' side by side."""
+        return None
     # False: the strategy refuses encoder-decoder targets in `begin` (it drafts from a decoder-only target's states).
     supports_encoder_decoder: ClassVar[bool] = True
 

@@ -1,7 +1,7 @@
-"""EAGLE: a one-layer drafter that runs autoregressively over the target's features (see `eagle_drafter.py`).
+"""EAGLE-3: a one-layer drafter that runs autoregressively over the target's features (see `eagle_drafter.py`).
 
-The features come from the verify forward the loop already runs (`observe` gets the target's last hidden states of
-the emitted tokens), so drafting adds no target forward: each step commits the new (feature, token) pairs to the
+The features come from the verify forward the loop already runs (`observe` gets the hidden states of the drafter's
+auxiliary target layers at the emitted tokens, `hidden_state_layers`), so drafting adds no target forward: each step commits the new (feature, token) pairs to the
 drafter's own KV cache, then drafts a chain, or an EAGLE-2 dynamic tree shaped by the drafter's own probabilities,
 which the target verifies in one forward (the tree machinery Medusa uses). Drafted positions never stay in the
 drafter's cache: after the verify, the accepted ones come back with the target's real features.
@@ -103,6 +103,10 @@ class EagleStrategy(SpeculativeStrategy):
                             f"{type(drafter).__name__}.")
         self.drafter = drafter.eval()
 
+    @property
+    def hidden_state_layers(self) -> list[int]:
+        return list(self.drafter.config.aux_layer_ids)
+
     def new_row(self) -> DrafterRow:
         return DrafterRow(make_schedule(self.config))
 
@@ -144,6 +148,7 @@ class EagleStrategy(SpeculativeStrategy):
             with torch.no_grad():
                 self._commit(pending)
 
+    @torch.no_grad()
     def _new_pairs(self, row: DrafterRow, input_ids: torch.LongTensor, hidden_states: torch.Tensor | None) -> list:
         """[(row, features `[m, H]`, tokens `[m]`, first position)] for the pairs a step adds, or []."""
         if hidden_states is None or hidden_states.shape[0] == 0:
@@ -153,7 +158,7 @@ class EagleStrategy(SpeculativeStrategy):
         if first != row.next_position:  # e.g. a prefilled cache left early prompt rows out: start afresh here
             row.reset()
             row.next_position = first
-        features = hidden_states.to(next(self.drafter.parameters()).dtype)
+        features = self.drafter.project(hidden_states)  # [m, H]: EAGLE-3's fused features of the committed pairs
         return [(row, features, input_ids[0, -count:], first)]
 
     def _commit(self, pending: list) -> None:
