@@ -1,0 +1,136 @@
+"""The recipes on an accelerator and on several processes, checked on CPU.
+
+Device plumbing: the models go to the `meta` device while the data stays on the CPU, as a GPU run has them; a
+meta module refuses CPU inputs, and a forward pre-hook checks every input of the first forward is on the module's
+device, then stops the run there (meta tensors hold no values to go on with). Where a step function's work after
+the forward needs no values, it runs to the end on meta and its results must be meta tensors too.
+Several processes: the sharding helpers are called as rank 0 and rank 1 of 2 in turn, without launching anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_llama
+
+from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig
+from hf_specdec.tiny_models import BYTE_EOS, BYTE_VOCAB, byte_tokenizer, tiny_random_llama
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+META = torch.device("meta")
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_recipe_devices", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def medusa():
+    return load_recipe("train_medusa")
+
+
+@pytest.fixture(scope="module")
+def distill():
+    return load_recipe("distill_draft")
+
+
+@pytest.fixture(scope="module")
+def data(medusa):
+    return sys.modules["self_distill"]  # imported by the recipe from its own folder
+
+
+class Reached(Exception):
+    """The checked module's forward was reached with every input on its device."""
+
+
+@contextlib.contextmanager
+def stop_at_forward(module: torch.nn.Module, device: torch.device):
+    """Checks the inputs of `module`'s next forward are all on `device`, then stops the run with `Reached`."""
+
+    def check(mod, args, kwargs):
+        tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        wrong = sorted({str(t.device) for t in tensors if t.device != device})
+        assert tensors and not wrong, f"{type(mod).__name__} on {device} was given inputs on {wrong}"
+        raise Reached
+
+    handle = module.register_forward_pre_hook(check, with_kwargs=True)
+    try:
+        with pytest.raises(Reached):
+            yield
+    finally:
+        handle.remove()
+
+
+def byte_llama(seed: int = 0):
+    return tiny_random_llama(BYTE_VOCAB, eos_token_id=BYTE_EOS, pad_token_id=BYTE_EOS, bos_token_id=BYTE_EOS,
+                             seed=seed).requires_grad_(False)
+
+
+PROMPTS = ["def add(a, b):", "Write a haiku.", "x = [", "Tell me why", "import os\n", "Once upon"]
+
+
+# ---- the data stage (recipes/self_distill.py) ---------------------------------------------------------------------
+def test_greedy_generation_feeds_the_target_on_its_device(data):
+    model = byte_llama().to(META)
+    ids, mask = torch.tensor([[5, 6, 7], [0, 8, 9]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
+    with stop_at_forward(model.model, META):
+        data.greedy_with_hidden(model, ids, mask, max_new_tokens=4, eos_token_id=BYTE_EOS)
+
+
+def test_self_distillation_feeds_the_target_on_its_device(data, tmp_path):
+    model = byte_llama().to(META)
+    with stop_at_forward(model.model, META):
+        data.self_distill(model, byte_tokenizer(), PROMPTS, 4, 2, tmp_path, "code")
+
+
+def test_stdlib_hidden_states_feed_the_target_on_its_device(data, tmp_path):
+    model = byte_llama().to(META)
+    with stop_at_forward(model.model, META):
+        data.hidden_states(model, [[5, 6, 7, 8]], tmp_path / "stdlib.pt")
+
+
+# ---- Medusa (recipes/train_medusa.py) -----------------------------------------------------------------------------
+def medusa_tables(rows: int = 40, num_heads: int = 2):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, 16, generator=generator).half()
+    labels = torch.randint(0, 97, (rows, num_heads), generator=generator)
+    labels[:5, 1] = -100
+    return hidden, labels, torch.randint(0, 97, (rows, num_heads), generator=generator)
+
+
+@pytest.mark.parametrize("token_conditioned", [False, True])
+def test_medusa_heldout_evaluation_feeds_the_heads_on_their_device(medusa, token_conditioned):
+    weight = torch.randn(97, 16)
+    heads = MedusaHeads(MedusaHeadsConfig(16, 97, num_heads=2, token_conditioned=token_conditioned))
+    view = medusa.TrainingView(heads, weight, weight).to(META)
+    with stop_at_forward(view, META):
+        medusa.evaluate(view, *medusa_tables())
+
+
+# ---- the distilled draft (recipes/distill_draft.py) ---------------------------------------------------------------
+def draft_sequences(distill, count: int = 6, hidden: int = 32):
+    generator = torch.Generator().manual_seed(1)
+    return [distill.TrainingSequence(torch.randint(2, 97, (n,), generator=generator).tolist(), 3,
+                                     torch.randn(n - 1, hidden, generator=generator).half())
+            for n in (7, 9, 12, 5, 8, 10)[:count]]
+
+
+def test_distill_heldout_evaluation_feeds_the_draft_on_its_device(distill):
+    from hf_specdec.distilled_draft import build_draft
+
+    target = make_llama(seed=2).requires_grad_(False)
+    lm_weight = target.lm_head.weight.detach().to(META)
+    vocab = torch.arange(97)
+    view = distill.DistillationView(build_draft(target, [0]).get_decoder(), lm_weight[vocab].clone()).to(META)
+    with stop_at_forward(view, META):
+        distill.heldout_metrics(view, draft_sequences(distill), lm_weight, vocab, 64)
