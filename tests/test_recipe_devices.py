@@ -134,3 +134,18 @@ def test_distill_heldout_evaluation_feeds_the_draft_on_its_device(distill):
     view = distill.DistillationView(build_draft(target, [0]).get_decoder(), lm_weight[vocab].clone()).to(META)
     with stop_at_forward(view, META):
         distill.heldout_metrics(view, draft_sequences(distill), lm_weight, vocab, 64)
+
+
+def test_medusa_accuracy_counts_stay_on_the_heads_device(medusa):
+    weight = torch.randn(97, 16)
+    view = medusa.TrainingView(MedusaHeads(MedusaHeadsConfig(16, 97, num_heads=2, token_conditioned=True)),
+                               weight, weight)
+    _, counts = medusa.rank_hits(view, *medusa_tables(), ranks=3, chunk=16)  # three chunks, the last partial
+    assert counts[:, 0].tolist() == [40, 35]  # on the CPU: every labelled row counted
+    hits, counts = medusa.rank_hits(view.to(META), *medusa_tables(), ranks=3, chunk=16)
+    assert hits.device == counts.device == META and hits.shape == (2, 3) and counts.shape == (2, 1)
+
+
+def test_medusa_untrained_heads_follow_the_lm_head_device(medusa):
+    view = medusa.base_view(torch.randn(97, 16, device=META), num_heads=2)
+    assert {p.device for p in view.parameters()} == {META} and view.lm_weight.device == META
