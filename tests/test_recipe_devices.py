@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.fx.experimental._config
 from conftest import make_llama
 
 from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig
@@ -149,3 +150,29 @@ def test_medusa_accuracy_counts_stay_on_the_heads_device(medusa):
 def test_medusa_untrained_heads_follow_the_lm_head_device(medusa):
     view = medusa.base_view(torch.randn(97, 16, device=META), num_heads=2)
     assert {p.device for p in view.parameters()} == {META} and view.lm_weight.device == META
+
+
+class TableDecoder(torch.nn.Module):
+    """A decoder with no data-dependent branches (a Llama checks its padding mask's values), so a whole held-out
+    evaluation runs on the meta device."""
+
+    def __init__(self, vocab: int = 97, hidden: int = 32) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, hidden)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(last_hidden_state=self.embed(input_ids) * attention_mask[..., None])
+
+
+def test_distill_heldout_sums_stay_on_the_draft_device(distill, monkeypatch):
+    lm_weight, vocab = torch.randn(97, 32), torch.arange(0, 97, 2)  # a draft vocabulary of every other token
+    view = distill.DistillationView(TableDecoder(), lm_weight[vocab].clone())
+    cpu = distill.heldout_sums(view, draft_sequences(distill), lm_weight, vocab, 64)
+    assert cpu[3] == sum(len(s.ids) - 3 for s in draft_sequences(distill))  # every scored position counted
+    # On meta, selecting the loss positions (a boolean mask) needs its count of True: all of them, when every
+    # sequence has one length and no prompt.
+    monkeypatch.setattr(torch.fx.experimental._config, "meta_nonzero_assume_all_nonzero", True)
+    sequences = [distill.TrainingSequence(s.ids[:7], 0, s.hidden[:6]) for s in draft_sequences(distill)
+                 if len(s.ids) >= 7]
+    sums = distill.heldout_sums(view.to(META), sequences, lm_weight.to(META), vocab, 64)
+    assert sums.device == META and sums.shape == (4,)
