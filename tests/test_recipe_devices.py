@@ -176,3 +176,138 @@ def test_distill_heldout_sums_stay_on_the_draft_device(distill, monkeypatch):
                  if len(s.ids) >= 7]
     sums = distill.heldout_sums(view.to(META), sequences, lm_weight.to(META), vocab, 64)
     assert sums.device == META and sums.shape == (4,)
+
+
+# ---- several processes --------------------------------------------------------------------------------------------
+def test_ranks_split_work_evenly_without_overlap(data):
+    items = list(range(11))
+    shares = [data.shard(items, rank, 2) for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == items and not set(shares[0]) & set(shares[1])
+    assert len(shares[0]) - len(shares[1]) == 1 and data.shard(items, 0, 1) == items
+    assert data.shard(torch.arange(5, 8), 1, 2).tolist() == [6]  # tensors of indices too
+    assert [data.shard([7], rank, 2) for rank in (0, 1)] == [[7], [7]]  # never empty: DDP steps every process
+    owned = [[n for n in range(7) if data.owns(n, rank, 3)] for rank in range(3)]
+    assert owned == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def test_atomic_save_never_leaves_a_half_written_file(data, tmp_path, monkeypatch):
+    path = tmp_path / "batch.pt"
+    data.atomic_save({"x": torch.arange(3)}, path)
+    assert torch.equal(torch.load(path)["x"], torch.arange(3)) and [p.name for p in tmp_path.iterdir()] == [path.name]
+    real_save = torch.save
+
+    def interrupted(obj, target):
+        Path(target).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.atomic_save({"x": torch.arange(5)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(torch.load(path)["x"], torch.arange(3))  # the old file, whole; no temporary left
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def one_process() -> SimpleNamespace:
+    return SimpleNamespace(process_index=0, num_processes=1, is_main_process=True, wait_for_everyone=lambda: None)
+
+
+def test_two_ranks_share_self_distillation_and_both_load_it_all(data, tmp_path, monkeypatch):
+    model, tokenizer = byte_llama(seed=4), byte_tokenizer()
+    tokenizer.padding_side = "left"
+    plan = data.generation_batches(tokenizer, PROMPTS, 4, 2, tmp_path, "code")  # 3 batches of 2 prompts
+    written = [data.write_owned_batches(model, tokenizer, plan, 4, rank, 2) for rank in (0, 1)]
+    assert written == [[0, 2], [1]] and all(path.exists() for _, path in plan)
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(data, "generate_batch", lambda *args: pytest.fail("a finished batch was generated again"))
+    shared = data.self_distill(model, tokenizer, PROMPTS, 4, 2, tmp_path, "code", one_process())
+    monkeypatch.undo()
+    (tmp_path / "alone").mkdir()
+    alone = data.self_distill(model, tokenizer, PROMPTS, 4, 2, tmp_path / "alone", "code", one_process())
+    assert [s.ids for s in shared] == [s.ids for s in alone] and len(shared) == len(PROMPTS)
+    assert all(torch.equal(a.hidden, b.hidden) for a, b in zip(shared, alone))
+
+
+def test_two_ranks_share_the_stdlib_hidden_states(data, tmp_path):
+    model = byte_llama(seed=5)
+    chunks = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14, 15, 16], [17, 18]]
+    path = tmp_path / "stdlib_hidden_states.pt"
+    parts = [data.write_hidden_part(model, chunks, path, rank, 2) for rank in (0, 1)]
+    assert [len(torch.load(part)) for part in parts] == [3, 2]
+    data.merge_hidden_parts(path, len(chunks), 2)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the parts are gone
+    alone = data.hidden_states(model, chunks, tmp_path / "alone.pt", one_process())
+    shared = data.hidden_states(model, chunks, path, one_process())  # loaded from the merged file
+    assert all(torch.equal(a, b) for a, b in zip(shared, alone)) and len(shared) == len(chunks)
+
+
+def test_only_the_main_process_logs(data, tmp_path):
+    main, other = data.run_log(tmp_path / "main.jsonl", True), data.run_log(tmp_path / "other.jsonl", False)
+    main({"event": "x"})
+    other({"event": "x"})
+    assert (tmp_path / "main.jsonl").exists() and not (tmp_path / "other.jsonl").exists()
+
+
+def as_rank(recipe, monkeypatch, rank: int, world: int) -> None:
+    """The recipe's `Accelerator` reports process `rank` of `world` (the run itself stays one CPU process)."""
+    from accelerate import Accelerator
+
+    fake = type("RankedAccelerator", (Accelerator,), {"process_index": rank, "num_processes": world,
+                                                     "is_main_process": rank == 0})
+    monkeypatch.setattr(recipe, "Accelerator", fake)
+
+
+def test_medusa_ranks_train_on_disjoint_halves_of_every_batch(medusa, tmp_path, monkeypatch):
+    hidden, labels, context = medusa_tables(rows=64)
+    hidden[:, 0] = torch.arange(64)  # the row's number, to see which rows each process trained on
+    cfg = {"seed": 0, "train": {"grad_accum": 1, "loss_vocab": "full", "lr": 0.01, "weight_decay": 0.0,
+                                "batch_size": 32, "epochs": 1, "warmup_steps": 1, "head_decay": 0.8,
+                                "eval_every": 100, "checkpoint_every": 100}}
+    weight = torch.randn(97, 16)
+    seen, records = {}, []
+    for rank in (0, 1):
+        as_rank(medusa, monkeypatch, rank, 2)
+        view = medusa.TrainingView(MedusaHeads(MedusaHeadsConfig(16, 97, num_heads=2)), weight, weight)
+        rows = seen[rank] = []
+        view.register_forward_pre_hook(lambda m, args, kwargs: None if kwargs.get("full_vocab") else
+                                       rows.append(args[0][:, 0].long().tolist()), with_kwargs=True)
+        medusa.train(cfg, view, (hidden, labels, context), (hidden, labels, context), tmp_path / str(rank),
+                     records.append)
+    assert [len(step) for step in seen[0]] == [len(step) for step in seen[1]] == [16, 16]
+    for mine, theirs in zip(seen[0], seen[1]):
+        assert not set(mine) & set(theirs)
+    assert sorted(sum(seen[0] + seen[1], [])) == list(range(64))  # one epoch: every row once, across the two
+    assert [r["step"] for r in records if r["event"] == "heldout"] == [2]  # the main process alone evaluates
+
+
+def test_distill_ranks_train_on_disjoint_shares_of_every_batch(distill, tmp_path, monkeypatch):
+    from hf_specdec.distilled_draft import build_draft
+
+    target = make_llama(seed=2).requires_grad_(False)
+    sequences = draft_sequences(distill) * 2
+    lm_weight = target.lm_head.weight.detach()
+    cfg = {"seed": 0, "train": {"epochs": 1, "tokens_per_batch": 64, "lr": 0.01, "weight_decay": 0.0,
+                                "warmup_steps": 1, "temperature": 1.0, "checkpoint_every": 100, "eval_every": 100}}
+    seen = {}
+    for rank in (0, 1):
+        as_rank(distill, monkeypatch, rank, 2)
+        view = distill.DistillationView(build_draft(target, [0]).float().get_decoder(), lm_weight.clone())
+        rows = seen[rank] = []
+        view.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]) if m.training else None)
+        distill.train(cfg, view.train(), sequences, sequences[:2], lm_weight, torch.arange(97), tmp_path / str(rank),
+                      lambda record: None)
+    plan = distill.batch_plan([len(s.ids) for s in sequences], 64, 0, 0)
+    assert [a + b for a, b in zip(seen[0], seen[1])] == [max(2, len(batch)) for batch in plan]
+
+
+def test_an_interrupted_checkpoint_is_never_resumed(data, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    data.save_checkpoint(accelerator, tmp_path, 5)
+    assert data.resume(accelerator, tmp_path, lambda record: None) == 5
+    monkeypatch.setattr(accelerator, "save_state", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        data.save_checkpoint(accelerator, tmp_path, 10)
+    assert data.resume(accelerator, tmp_path, lambda record: None) == 0 and model is not None
