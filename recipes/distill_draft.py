@@ -1,6 +1,11 @@
 """Distil a small draft model from a frozen causal-LM target, on text the target wrote itself.
 
     python recipes/distill_draft.py --config recipes/draft/smollm2_135m.yaml --out artifacts/draft-smollm2-135m
+    accelerate launch --num_processes 2 --mixed_precision bf16 recipes/distill_draft.py \\
+        --config recipes/draft/smollm2_135m.yaml --out artifacts/draft-smollm2-135m
+
+(on GPUs: each process trains on its share of every batch; the data stage is split between them, see
+`recipes/self_distill.py`)
 
 Steps (each cached or checkpointed, so a rerun resumes where the last one stopped):
 1. training text and the target's last hidden states: `recipes/self_distill.py`, the same data (and with the same
@@ -28,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -37,8 +42,9 @@ from hf_specdec.distilled_draft import build_draft, save_draft, write_draft_card
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
-from self_distill import (TrainingSequence, heldout_split, model_device, resume, save_checkpoint,  # noqa: E402
-                          shard, start_run, training_sequences, warmup_cosine)
+from self_distill import (TrainingSequence, heldout_split, model_device, process_state, resume,  # noqa: E402
+                          save_checkpoint, shard, sharded_batches, start_run,
+                          training_sequences, warmup_cosine)
 
 
 # ---- data: teacher-forced batches ---------------------------------------------------------------------------------
@@ -151,7 +157,7 @@ def train(cfg: dict, view: DistillationView, train_seqs, heldout_seqs, lm_weight
     """Trains `view.decoder` in place; checkpoints to `out/checkpoint` and resumes from it. Under `accelerate
     launch` each process trains on its `shard` of every batch; the main process alone evaluates and logs."""
     tc = cfg["train"]
-    accelerator = Accelerator()
+    accelerator = Accelerator(dataloader_config=sharded_batches())
     lengths = [len(s.ids) for s in train_seqs]
     plans = {0: batch_plan(lengths, tc["tokens_per_batch"], cfg["seed"], 0)}  # epoch -> its batches, made once
     steps_per_epoch = len(plans[0])
@@ -213,7 +219,7 @@ def draft_vocabulary(sequences: list[TrainingSequence], setting: str, vocab_size
 def main() -> None:
     args, cfg, cache, log = start_run(__doc__, HERE / "draft" / "smollm2_135m.yaml",
                                       Path("artifacts/draft-smollm2-135m"))
-    state = PartialState()  # this process's device (and rank) under `accelerate launch`; the CPU without it
+    state = process_state()  # this process's device (and rank) under `accelerate launch`; the CPU without it
     model, tokenizer, target_name = load_target(cfg.get("target", "smollm2"))
     model.requires_grad_(False).to(state.device)
     on_cpu = state.device.type == "cpu"

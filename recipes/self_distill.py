@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import PartialState
+from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env
 from tqdm import tqdm
 from transformers import DynamicCache
 
@@ -46,10 +47,17 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def process_state() -> PartialState:
+    """accelerate's view of this process: its device, rank and the number of processes (one, on the CPU, without
+    `accelerate launch`). `accelerate launch --cpu` asks for CPU processes through ACCELERATE_USE_CPU, which only
+    `Accelerator` reads: read here too, since the data stage runs before any `Accelerator` exists."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def processes_or_default(processes=None):
     """`processes` (anything with `process_index`, `num_processes`, `is_main_process`, `wait_for_everyone()`, e.g.
-    a test's stand-in) or accelerate's `PartialState()`: one process without `accelerate launch`."""
-    return PartialState() if processes is None else processes
+    a test's stand-in) or `process_state()`."""
+    return process_state() if processes is None else processes
 
 
 def owns(number: int, rank: int, world: int) -> bool:
@@ -68,6 +76,13 @@ def shard(batch, rank: int, world: int):
     if len(share) == 0:
         share = batch[rank % len(batch) :][:1]
     return share
+
+
+def sharded_batches() -> DataLoaderConfiguration:
+    """`Accelerator(dataloader_config=sharded_batches())` for loops that `shard` one global batch across processes:
+    it tells accelerate the batch is split, so a prepared scheduler steps once per training step (by default it
+    steps once per process, assuming each drew a batch of its own, and the schedule would end N times too early)."""
+    return DataLoaderConfiguration(split_batches=True)
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -349,7 +364,7 @@ def start_run(description: str, default_config: Path, default_out: Path):
     args.out.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg["data"]["cache_dir"])
     cache.mkdir(parents=True, exist_ok=True)
-    return args, cfg, cache, run_log(args.out / "training_log.jsonl", PartialState().is_main_process)
+    return args, cfg, cache, run_log(args.out / "training_log.jsonl", process_state().is_main_process)
 
 
 def run_log(path: Path, main_process: bool = True):

@@ -1,6 +1,11 @@
 """Train Medusa heads on a frozen target (Medusa-1 recipe), on CPU or, through accelerate, on more devices.
 
     python recipes/train_medusa.py --config recipes/medusa/smollm2_135m.yaml --out artifacts/medusa-smollm2-135m
+    accelerate launch --num_processes 2 --mixed_precision bf16 recipes/train_medusa.py \\
+        --config recipes/medusa/smollm2_135m.yaml --out artifacts/medusa-smollm2-135m
+
+(on GPUs: each process trains on its share of every batch; the data stage is split between them, see
+`recipes/self_distill.py`)
 
 Steps (each cached under `data.cache_dir`, so a rerun resumes where the last one stopped):
 1. training text: Python stdlib sources (real code, chunked) and the target's own greedy continuations
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from tqdm import tqdm
 
 from hf_specdec.cpu_speedups import optimize_for_cpu
@@ -33,8 +38,9 @@ from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
-from self_distill import (TrainingSequence, heldout_split, model_device, resume, save_checkpoint,  # noqa: E402
-                          shard, start_run, training_sequences, warmup_cosine)
+from self_distill import (TrainingSequence, heldout_split, model_device, process_state, resume,  # noqa: E402
+                          save_checkpoint, shard, sharded_batches, start_run,
+                          training_sequences, warmup_cosine)
 
 
 def position_table(sequences: list[TrainingSequence], indices, num_heads: int,
@@ -145,7 +151,7 @@ def train(cfg: dict, view: TrainingView, train_set, heldout_set, out: Path, log)
     ids) with `loss_vocab: seen`, else None. Under `accelerate launch` each process trains on its `shard` of every
     batch; the main process alone evaluates and logs."""
     tc = cfg["train"]
-    accelerator = Accelerator(gradient_accumulation_steps=tc["grad_accum"])
+    accelerator = Accelerator(gradient_accumulation_steps=tc["grad_accum"], dataloader_config=sharded_batches())
     hidden, labels, context = train_set
     vocab_index = None
     if tc["loss_vocab"] == "seen":
@@ -190,7 +196,7 @@ def train(cfg: dict, view: TrainingView, train_set, heldout_set, out: Path, log)
 def main() -> None:
     args, cfg, cache, log = start_run(__doc__, HERE / "medusa" / "smollm2_135m.yaml",
                                       Path("artifacts/medusa-smollm2-135m"))
-    state = PartialState()  # this process's device (and rank) under `accelerate launch`; the CPU without it
+    state = process_state()  # this process's device (and rank) under `accelerate launch`; the CPU without it
     model, tokenizer = load_smollm2().to(state.device), load_smollm2_tokenizer()
     if state.device.type == "cpu":
         optimize_for_cpu(model)

@@ -248,13 +248,19 @@ def test_only_the_main_process_logs(data, tmp_path):
     assert (tmp_path / "main.jsonl").exists() and not (tmp_path / "other.jsonl").exists()
 
 
-def as_rank(recipe, monkeypatch, rank: int, world: int) -> None:
-    """The recipe's `Accelerator` reports process `rank` of `world` (the run itself stays one CPU process)."""
+def as_rank(recipe, monkeypatch, rank: int, world: int) -> list:
+    """The recipe's `Accelerator` (and accelerate's scheduler wrapper) report process `rank` of `world`; the run
+    itself stays one CPU process. Returns the list the recipe's learning-rate schedulers will be appended to."""
+    import accelerate.scheduler
     from accelerate import Accelerator
 
     fake = type("RankedAccelerator", (Accelerator,), {"process_index": rank, "num_processes": world,
                                                      "is_main_process": rank == 0})
     monkeypatch.setattr(recipe, "Accelerator", fake)
+    monkeypatch.setattr(accelerate.scheduler, "AcceleratorState", lambda: SimpleNamespace(num_processes=world))
+    schedulers, make = [], recipe.warmup_cosine
+    monkeypatch.setattr(recipe, "warmup_cosine", lambda *args: schedulers.append(make(*args)) or schedulers[-1])
+    return schedulers
 
 
 def test_medusa_ranks_train_on_disjoint_halves_of_every_batch(medusa, tmp_path, monkeypatch):
@@ -266,13 +272,15 @@ def test_medusa_ranks_train_on_disjoint_halves_of_every_batch(medusa, tmp_path, 
     weight = torch.randn(97, 16)
     seen, records = {}, []
     for rank in (0, 1):
-        as_rank(medusa, monkeypatch, rank, 2)
+        schedulers = as_rank(medusa, monkeypatch, rank, 2)
         view = medusa.TrainingView(MedusaHeads(MedusaHeadsConfig(16, 97, num_heads=2)), weight, weight)
         rows = seen[rank] = []
         view.register_forward_pre_hook(lambda m, args, kwargs: None if kwargs.get("full_vocab") else
                                        rows.append(args[0][:, 0].long().tolist()), with_kwargs=True)
         medusa.train(cfg, view, (hidden, labels, context), (hidden, labels, context), tmp_path / str(rank),
                      records.append)
+        assert schedulers[0].last_epoch == 2  # one schedule step per training step, not one per process
+        monkeypatch.undo()
     assert [len(step) for step in seen[0]] == [len(step) for step in seen[1]] == [16, 16]
     for mine, theirs in zip(seen[0], seen[1]):
         assert not set(mine) & set(theirs)
@@ -290,13 +298,18 @@ def test_distill_ranks_train_on_disjoint_shares_of_every_batch(distill, tmp_path
                                 "warmup_steps": 1, "temperature": 1.0, "checkpoint_every": 100, "eval_every": 100}}
     seen = {}
     for rank in (0, 1):
-        as_rank(distill, monkeypatch, rank, 2)
+        schedulers = as_rank(distill, monkeypatch, rank, 2)
         view = distill.DistillationView(build_draft(target, [0]).float().get_decoder(), lm_weight.clone())
         rows = seen[rank] = []
-        view.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]) if m.training else None)
+        # Training forwards only (held-out evaluation runs without gradients).
+        view.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]) if torch.is_grad_enabled()
+                                       else None)
         distill.train(cfg, view.train(), sequences, sequences[:2], lm_weight, torch.arange(97), tmp_path / str(rank),
                       lambda record: None)
+        assert schedulers[0].last_epoch == len(seen[rank])  # one schedule step per training step
+        monkeypatch.undo()
     plan = distill.batch_plan([len(s.ids) for s in sequences], 64, 0, 0)
+    assert len(seen[0]) == len(seen[1]) == len(plan)
     assert [a + b for a, b in zip(seen[0], seen[1])] == [max(2, len(batch)) for batch in plan]
 
 
