@@ -43,7 +43,7 @@ from hf_specdec.distilled_draft import build_draft, save_draft, write_draft_card
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
 from self_distill import (TrainingSequence, heldout_split, model_device, process_state, resume,  # noqa: E402
-                          save_checkpoint, shard, sharded_batches, start_run,
+                          save_checkpoint, shard, sharded_training, start_run,
                           training_sequences, warmup_cosine)
 
 
@@ -157,7 +157,7 @@ def train(cfg: dict, view: DistillationView, train_seqs, heldout_seqs, lm_weight
     """Trains `view.decoder` in place; checkpoints to `out/checkpoint` and resumes from it. Under `accelerate
     launch` each process trains on its `shard` of every batch; the main process alone evaluates and logs."""
     tc = cfg["train"]
-    accelerator = Accelerator(dataloader_config=sharded_batches())
+    accelerator = Accelerator(**sharded_training())
     lengths = [len(s.ids) for s in train_seqs]
     plans = {0: batch_plan(lengths, tc["tokens_per_batch"], cfg["seed"], 0)}  # epoch -> its batches, made once
     steps_per_epoch = len(plans[0])

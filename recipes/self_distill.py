@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import PartialState
-from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, parse_flag_from_env
 from tqdm import tqdm
 from transformers import DynamicCache
 
@@ -78,11 +78,16 @@ def shard(batch, rank: int, world: int):
     return share
 
 
-def sharded_batches() -> DataLoaderConfiguration:
-    """`Accelerator(dataloader_config=sharded_batches())` for loops that `shard` one global batch across processes:
-    it tells accelerate the batch is split, so a prepared scheduler steps once per training step (by default it
-    steps once per process, assuming each drew a batch of its own, and the schedule would end N times too early)."""
-    return DataLoaderConfiguration(split_batches=True)
+def sharded_training() -> dict:
+    """`Accelerator(**sharded_training())` for loops that `shard` one global batch across processes.
+
+    `split_batches=True` tells accelerate the batch is split, so a prepared scheduler steps once per training step
+    (by default it steps once per process, assuming each drew a batch of its own: the schedule would end N times
+    too early). `broadcast_buffers=False`: the frozen target weights the training views hold as buffers (LM head,
+    embeddings: ~110 MB for SmolLM2) are the same on every process, so DDP need not send them before each forward.
+    """
+    return {"dataloader_config": DataLoaderConfiguration(split_batches=True),
+            "kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
 
 
 def atomic_save(obj, path: Path) -> None:

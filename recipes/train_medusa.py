@@ -39,7 +39,7 @@ from hf_specdec.models import load_smollm2, load_smollm2_tokenizer
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
 from self_distill import (TrainingSequence, heldout_split, model_device, process_state, resume,  # noqa: E402
-                          save_checkpoint, shard, sharded_batches, start_run,
+                          save_checkpoint, shard, sharded_training, start_run,
                           training_sequences, warmup_cosine)
 
 
@@ -151,7 +151,7 @@ def train(cfg: dict, view: TrainingView, train_set, heldout_set, out: Path, log)
     ids) with `loss_vocab: seen`, else None. Under `accelerate launch` each process trains on its `shard` of every
     batch; the main process alone evaluates and logs."""
     tc = cfg["train"]
-    accelerator = Accelerator(gradient_accumulation_steps=tc["grad_accum"], dataloader_config=sharded_batches())
+    accelerator = Accelerator(gradient_accumulation_steps=tc["grad_accum"], **sharded_training())
     hidden, labels, context = train_set
     vocab_index = None
     if tc["loss_vocab"] == "seen":

@@ -313,6 +313,13 @@ def test_distill_ranks_train_on_disjoint_shares_of_every_batch(distill, tmp_path
     assert [a + b for a, b in zip(seen[0], seen[1])] == [max(2, len(batch)) for batch in plan]
 
 
+def test_sharded_training_splits_batches_and_keeps_frozen_buffers_local(data):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True, **data.sharded_training())
+    assert accelerator.split_batches and accelerator.ddp_handler.broadcast_buffers is False
+
+
 def test_an_interrupted_checkpoint_is_never_resumed(data, tmp_path, monkeypatch):
     from accelerate import Accelerator
 
