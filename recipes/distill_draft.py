@@ -253,7 +253,9 @@ def main() -> None:
 
 def save_trained(cfg: dict, args, draft, model, vocab: torch.Tensor, target_name: str, final: dict) -> None:
     """The draft (bf16 by default), its card, and the recipe that made it, in `args.out`."""
-    model.cpu(), draft.cpu()  # the files are written from the host (the draft shares the target's embedding)
+    # The files are written from the host; the draft shares the target's embedding, so both move.
+    model.cpu()
+    draft.cpu()
     save_draft(draft.eval(), args.out, model, source_layers=cfg["draft"]["layers"],
                draft_vocab=None if cfg["draft"]["vocab"] == "full" else vocab.cpu(),
                dtype=getattr(torch, cfg["draft"].get("save_dtype", "bfloat16")), target_name=target_name,

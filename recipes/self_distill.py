@@ -49,7 +49,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def process_state() -> PartialState:
     """accelerate's view of this process: its device, rank and the number of processes (one, on the CPU, without
-    `accelerate launch`). `accelerate launch --cpu` asks for CPU processes through ACCELERATE_USE_CPU, which only
+    `accelerate launch`). Several CPU processes (`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N ...`, or an
+    accelerate config with `distributed_type: MULTI_CPU`) ask for the CPU through ACCELERATE_USE_CPU, which only
     `Accelerator` reads: read here too, since the data stage runs before any `Accelerator` exists."""
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
