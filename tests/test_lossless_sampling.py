@@ -149,7 +149,7 @@ def random_drafter(model) -> hf_specdec.EagleDrafter:
     drafter = hf_specdec.EagleDrafter(hf_specdec.EagleDrafterConfig(model.config.hidden_size, VOCAB,
                                                                      intermediate_size=32, num_attention_heads=2,
                                                                      num_key_value_heads=1))
-    generator = torch.Generator().manual_seed(6)
+    generator = torch.Generator().manual_seed(2)  # drafts accepted ~45% of the time: the tree verifier is exercised
     with torch.no_grad():
         for parameter in drafter.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)

@@ -48,10 +48,8 @@ def speculators_config(config, verifier_name_or_path: str | None, dtype: torch.d
     }
 
 
-def config_from_speculators(data: dict[str, Any], side: dict[str, Any], name) -> Any:
-    """`EagleDrafterConfig` of a speculators EAGLE-3 `config.json` (and our side file's notes)."""
-    from .eagle_drafter import EagleDrafterConfig
-
+def config_from_speculators(data: dict[str, Any], side: dict[str, Any], name) -> dict[str, Any]:
+    """`EagleDrafterConfig`'s arguments from a speculators EAGLE-3 `config.json` (and our side file's notes)."""
     layer = data.get("transformer_layer_config") or {}
     if layer.get("num_hidden_layers", 1) != 1:
         raise ValueError(f"{name}: EAGLE-3 drafters with {layer['num_hidden_layers']} decoder layers are not supported "
@@ -66,7 +64,7 @@ def config_from_speculators(data: dict[str, Any], side: dict[str, Any], name) ->
         raise ValueError(f"{name}: config.json names no eagle_aux_hidden_state_layer_ids; add the target layer ids "
                          "the drafter was trained on (e.g. [2, n // 2, n - 3] for an n-layer target).")
     try:
-        return EagleDrafterConfig(
+        return dict(
             hidden_size=layer["hidden_size"], vocab_size=layer["vocab_size"],
             intermediate_size=layer["intermediate_size"], num_attention_heads=layer["num_attention_heads"],
             num_key_value_heads=layer.get("num_key_value_heads") or layer["num_attention_heads"],

@@ -283,6 +283,7 @@ class EagleDrafter(nn.Module):
                            max_position_embeddings=config.max_position_embeddings)
         self.rotary = LlamaRotaryEmbedding(rope)  # every rope type Transformers knows (e.g. Llama-3.1 scaling)
         self._target: list[nn.Module] = []  # the target's input embeddings, in a list so never saved
+        self.verifier_name_or_path: str | None = None  # where speculators / vLLM read the target from
 
     @classmethod
     def from_target(cls, target: nn.Module, draft_token_ids=None, **overrides: Any) -> EagleDrafter:
@@ -430,12 +431,14 @@ class EagleDrafter(nn.Module):
                         verifier_name_or_path: str | None = None) -> Path:
         """Writes a speculators EAGLE-3 folder: `config.json` and `model.safetensors` (the drafter's own weights;
         `dtype`, e.g. torch.bfloat16, stores floating weights smaller), and hf_specdec's notes in
-        `hf_specdec_drafter.json`. `verifier_name_or_path`: what speculators / vLLM read the target from."""
+        `hf_specdec_drafter.json`. `verifier_name_or_path`: what speculators / vLLM read the target from (default:
+        the one it was loaded with)."""
         from safetensors.torch import save_file
 
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = speculators_config(self.config, verifier_name_or_path, dtype or self.fc.weight.dtype)
+        verifier = verifier_name_or_path or self.verifier_name_or_path
+        config = speculators_config(self.config, verifier, dtype or self.fc.weight.dtype)
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (directory / SIDE_FILE).write_text(json.dumps({"base_model": self.config.base_model}, indent=2) + "\n")
         tensors = {name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
@@ -450,7 +453,9 @@ class EagleDrafter(nn.Module):
         repo; the weights come back in float32."""
         config_path, weights_path = local_or_hub_files(path_or_repo_id, (CONFIG_FILE, WEIGHTS_FILE), **hub_kwargs)
         data, weights, side = read_drafter_folder(path_or_repo_id, config_path, weights_path)
-        drafter = cls(config_from_speculators(data, side, path_or_repo_id))
+        drafter = cls(EagleDrafterConfig(**config_from_speculators(data, side, path_or_repo_id)))
+        verifier = (data.get("speculators_config") or {}).get("verifier") or {}
+        drafter.verifier_name_or_path = verifier.get("name_or_path")
         if "embed_tokens.weight" in weights:
             drafter.embed_tokens = nn.Embedding.from_pretrained(weights["embed_tokens.weight"], freeze=True)
         missing, unexpected = drafter.load_state_dict(weights, strict=False)
