@@ -127,8 +127,11 @@ def small_model(family: str, layers: int, seed: int, init_scale: float):
                                init_scale=init_scale)
 
 
-@pytest.mark.parametrize("family, init_scale", [("t5", 0.15), ("bart", 1.0)])
-@pytest.mark.parametrize("name", ["ngram", "draft_model"])
+# Each family with one strategy in the default suite (a minute each on CI's 2 cores); the other pairs are `slow`.
+@pytest.mark.parametrize("family, init_scale, name", [
+    ("t5", 0.15, "draft_model"), ("bart", 1.0, "ngram"),
+    pytest.param("t5", 0.15, "ngram", marks=pytest.mark.slow),
+    pytest.param("bart", 1.0, "draft_model", marks=pytest.mark.slow)])
 def test_sampling_matches_plain(family, init_scale, name):
     target = small_model(family, 1, 3, init_scale)
     strategy = (hf_specdec.NGramStrategy(num_speculative_tokens=2, skip_unprofitable_drafts=False) if name == "ngram"
