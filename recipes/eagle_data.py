@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from self_distill import text_chunks  # recipes/ is on sys.path (train_eagle.py puts it there)
+
 SHARD_SEQUENCES = 64
 
 
@@ -42,15 +44,7 @@ def docs_chunks(tokenizer, num_tokens: int, seq_len: int) -> list[list[int]]:
     """English prose: the stdlib's documentation topics (`pydoc_data.topics`), in `seq_len`-token chunks."""
     from pydoc_data.topics import topics
 
-    chunks, total = [], 0
-    for name in sorted(topics):
-        ids = tokenizer(topics[name]).input_ids
-        for start in range(0, len(ids) - seq_len // 4, seq_len):
-            chunks.append(ids[start : start + seq_len])
-            total += len(chunks[-1])
-            if total >= num_tokens:
-                return chunks
-    return chunks
+    return text_chunks(tokenizer, (topics[name] for name in sorted(topics)), num_tokens, seq_len)
 
 
 @torch.no_grad()

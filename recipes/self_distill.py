@@ -114,9 +114,14 @@ def stdlib_files(seed: int) -> list[Path]:
 
 def stdlib_chunks(tokenizer, num_tokens: int, seq_len: int, seed: int) -> list[list[int]]:
     """Real code: consecutive `seq_len`-token chunks of stdlib files until `num_tokens` are collected."""
+    return text_chunks(tokenizer, (path.read_text(errors="ignore") for path in stdlib_files(seed)), num_tokens, seq_len)
+
+
+def text_chunks(tokenizer, texts, num_tokens: int, seq_len: int) -> list[list[int]]:
+    """Consecutive `seq_len`-token chunks of `texts` (a tail under a quarter chunk dropped) until `num_tokens`."""
     chunks, total = [], 0
-    for path in stdlib_files(seed):
-        ids = tokenizer(path.read_text(errors="ignore")).input_ids
+    for text in texts:
+        ids = tokenizer(text).input_ids
         for start in range(0, len(ids) - seq_len // 4, seq_len):
             chunks.append(ids[start : start + seq_len])
             total += len(chunks[-1])

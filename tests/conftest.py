@@ -3,6 +3,10 @@ needed for correctness (real-model tests are marked `slow`)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -67,3 +71,15 @@ def greedy_drafted_equal_to_plain(model, strategy, label, seeds=range(6), max_ne
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level tokenizer with no merges: ids 0..255 are bytes, 256 is EOS."""
     return tiny_models.byte_tokenizer()
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def load_recipe(name: str, module_name: str):
+    """recipes/<name>.py as a module called `module_name` (recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(module_name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module

@@ -10,11 +10,11 @@ Several processes: the sharding helpers are called as rank 0 and rank 1 of 2 in 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import conftest
 import pytest
 import torch
 import torch.fx.experimental._config
@@ -23,16 +23,11 @@ from conftest import make_llama
 from hf_specdec.medusa_heads import MedusaHeads, MedusaHeadsConfig
 from hf_specdec.tiny_models import BYTE_EOS, BYTE_VOCAB, byte_tokenizer, tiny_random_llama
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 META = torch.device("meta")
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_recipe_devices", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    return conftest.load_recipe(name, f"{name}_recipe_devices")
 
 
 @pytest.fixture(scope="module")

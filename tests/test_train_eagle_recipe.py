@@ -4,26 +4,16 @@ checkpoint, held-out agreement is reported per depth, and the trained drafter is
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import make_llama, repetitive_prompt
+from conftest import load_recipe, make_llama, repetitive_prompt
 
 from hf_specdec import EagleDrafter, EagleStrategy
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("train_eagle_recipe", RECIPES / "train_eagle.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("train_eagle", "train_eagle_recipe")
 
 
 @pytest.fixture(scope="module")
