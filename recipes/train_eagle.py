@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the recipes' shared modules, also when this file is loaded by path (tests)
 from eagle_data import FeatureSequence, docs_chunks, feature_shards, teacher_forced_features  # noqa: E402,F401
 from self_distill import (code_prompts, heldout_split, prose_prompts, resume, save_checkpoint,  # noqa: E402
-                          self_distill, start_run, stdlib_chunks, warmup_cosine)
+                          self_distill, sharded_training, start_run, stdlib_chunks, warmup_cosine)
 
 VERIFIER = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what vLLM / speculators read the target from
 
@@ -215,7 +215,9 @@ def train(cfg: dict, view: TrainingView, train_set: list[dict], heldout: list[di
 def main() -> None:
     args, cfg, cache, log = start_run(__doc__, HERE / "eagle" / "smollm2_135m.yaml",
                                       Path("artifacts/eagle-smollm2-135m"))
-    accelerator = Accelerator(mixed_precision=cfg["train"].get("mixed_precision", "no"))
+    # each process draws its own batches (`batches(rank, world)`): one scheduler step per training step, and the
+    # frozen target rows held as buffers are not re-sent every forward (sharded_training)
+    accelerator = Accelerator(mixed_precision=cfg["train"].get("mixed_precision", "no"), **sharded_training())
     model, tokenizer = load_smollm2().to(accelerator.device), load_smollm2_tokenizer()
     model.requires_grad_(False)
     drafter_settings = dict(cfg.get("drafter", {}))
