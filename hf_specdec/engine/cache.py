@@ -29,6 +29,23 @@ _WHAT_WORKS = ("Use plain generate for this model, or speculative decoding with 
                "(Llama, Qwen2/3, Mistral, Gemma, GPT-2, ...).")
 
 
+def _recurrent_layer_names(layers) -> list[str]:
+    return sorted({type(layer).__name__ for layer in layers
+                   if any(part in type(layer).__name__ for part in ("Linear", "Mamba", "Recurrent", "Conv"))})
+
+
+def keeps_recurrent_state(model: PreTrainedModel) -> bool:
+    """Whether `model` carries a state that `crop` cannot roll back: the `_is_stateful` flag older Transformers set,
+    or (Transformers >= 5.25, which dropped the flag) the layers of the cache its config builds."""
+    if getattr(model, "_is_stateful", False):
+        return True
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # a config DynamicCache cannot read (e.g. no layer count): its own cache is checked later
+        return False
+    return bool(_recurrent_layer_names(layers))
+
+
 def self_attention_cache(cache: Cache) -> Cache:
     """The part of the cache rollback crops: an encoder-decoder's self-attention cache (cross-attention stays)."""
     return cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
@@ -39,12 +56,11 @@ def check_cache(cache: Cache, model: PreTrainedModel | None = None, batched: boo
     past recording sliding-window layers need to be cropped. batched: several rows or padding, whose dead slots
     are masked and compacted, which only full-attention layers allow."""
     name = type(model).__name__ if model is not None else "This model"
-    if model is not None and getattr(model, "_is_stateful", False):
+    if model is not None and keeps_recurrent_state(model):
         raise ValueError(f"{name} keeps {_RECURRENT}. {_WHAT_WORKS}")
     rolled_back = self_attention_cache(cache)
     layers = getattr(rolled_back, "layers", [])
-    stateful = sorted({type(layer).__name__ for layer in layers
-                       if any(part in type(layer).__name__ for part in ("Linear", "Mamba", "Recurrent", "Conv"))})
+    stateful = _recurrent_layer_names(layers)
     if stateful:
         raise ValueError(f"{name}'s cache layers {stateful} keep {_RECURRENT}. {_WHAT_WORKS}")
     fix = ("Use the default DynamicCache: remove cache_implementation=... from the call or the generation config, or "

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from ..compat import CACHE_KWARG
 from ..config import StrategyConfig, register_config
+from ..engine.cache import keeps_recurrent_state
 from ..engine.timing import synchronized_now
 from ..hub.folders import read_json
 from ..drafters.draft_cache import DraftCacheRows
@@ -238,7 +239,7 @@ class DraftModelStrategy(SpeculativeStrategy):
     def _check_pair(self, target: PreTrainedModel) -> None:
         """Refuses a draft that cannot draft for `target`, naming the fix."""
         draft = self.draft_model
-        if getattr(draft, "_is_stateful", False):
+        if keeps_recurrent_state(draft):
             raise ValueError(f"The draft ({type(draft).__name__}) keeps a recurrent state that cannot be rolled back "
                              "to an earlier token, so its cache could not follow rejected drafts. Use a pure-attention "
                              "draft (e.g. a few layers of the target: recipes/distill_draft.py).")
