@@ -104,7 +104,8 @@ def test_training_time_unroll_equals_run_time_drafting(target):
 @pytest.mark.parametrize(("settings", "fitted"), [
     ({"tree": None, "lookup_min_ngram": 0}, True), ({"lookup_min_ngram": 0, "tree_nodes": 16, "depth": 6}, True),
     ({"tree": "dynamic", "tree_nodes": 5, "tree_width": 2, "lookup_min_ngram": 0}, False),
-    ({"tree": "dynamic", "depth": 4}, True), ({}, True), ({"tree": None, "schedule": "heuristic", "lookup_min_ngram": 0}, True)])
+    ({"tree": "dynamic", "depth": 4}, True), ({}, True),
+    ({"tree": None, "schedule": "heuristic", "lookup_min_ngram": 0}, True)])
 def test_greedy_equals_plain_generate(target, plain_outputs, fitted_drafter, settings, fitted):
     drafter = fitted_drafter if fitted else make_drafter(target, seed=2, draft_vocab=range(0, VOCAB, 2))
     accepted = 0
