@@ -56,7 +56,7 @@ def check_cache(cache: Cache, model: PreTrainedModel | None = None, batched: boo
     past recording sliding-window layers need to be cropped. batched: several rows or padding, whose dead slots
     are masked and compacted, which only full-attention layers allow."""
     name = type(model).__name__ if model is not None else "This model"
-    if model is not None and keeps_recurrent_state(model):
+    if model is not None and getattr(model, "_is_stateful", False):  # the cache itself is checked next
         raise ValueError(f"{name} keeps {_RECURRENT}. {_WHAT_WORKS}")
     rolled_back = self_attention_cache(cache)
     layers = getattr(rolled_back, "layers", [])
